@@ -1,0 +1,397 @@
+"""The daemon: wires config, buffer, pipeline, bus runners, uplinks and the local API,
+and handles SIGTERM (clean stop, in-flight records committed) and SIGHUP (reload)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gateway
+from gateway import metrics
+from gateway.commands import CommandService
+from gateway.config import Config, ConfigError, load_config
+from gateway.pipeline import DeviceTracker, Pipeline
+from gateway.plugin import Bus
+from gateway.record import Record
+from gateway.record import now as ts_now
+from gateway.supervisor import BusRunner, group_by_bus, make_trackers, spawn_factory, summarize
+
+log = logging.getLogger(__name__)
+
+
+class GatewayApp:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.buffer: Any = None
+        self.pipeline: Pipeline | None = None
+        self.trackers: dict[str, DeviceTracker] = {}
+        self.runners: dict[str, BusRunner] = {}
+        self.uplinks: list[Any] = []
+        self.commands: CommandService | None = None
+        self.api: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._spawn = spawn_factory(self._tasks)
+        self._uplink_tasks: list[asyncio.Task[Any]] = []
+        self._stop = asyncio.Event()
+        self.ready = False
+        self.not_ready_reasons: list[str] = ["starting"]
+        self.watchdog: Any = None
+        self.started_at = ts_now()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        from buffer import Buffer
+
+        cfg = self.config
+        bcfg = cfg.model.buffer
+        path = cfg.resolve_path(bcfg.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.buffer = Buffer(
+            path,
+            gw=cfg.gw_id,
+            uplinks=[u.name for u in cfg.uplinks],
+            budget_bytes=bcfg.budget,
+            max_age=dict(bcfg.max_age) or None,
+            queue_size=bcfg.queue_size,
+            commit_max_records=bcfg.commit_max_records,
+            commit_max_delay=bcfg.commit_max_delay,
+            **self._downsample_kwargs(),
+        )
+        await self.buffer.start()
+        self.pipeline = Pipeline(self._sink, self._privacy_policy())
+        await self.pipeline.submit([self._gw_record("status", "started")])
+        self.commands = CommandService(
+            cfg.devices, self._bus_of, self.buffer, self._emit, cfg.gw_id
+        )
+        await self._start_buses(cfg)
+        if cfg.model.api.enabled:
+            from gateway.api import ApiServer
+
+            self.api = ApiServer(self)
+            await self.api.start()
+        self._start_uplinks()
+        self._update_device_gauges()
+        self.ready = True
+        self.not_ready_reasons = []
+        for w in cfg.warnings:
+            log.warning("%s", w)
+        log.info(
+            "gateway %s started: %d devices on %d buses, %d uplinks",
+            cfg.gw_id, len(cfg.devices), len(self.runners), len(self.uplinks),
+        )
+
+    def _downsample_kwargs(self) -> dict[str, Any]:
+        ds = self.config.model.buffer.downsample
+        if not ds:
+            return {}
+        try:
+            from buffer import DownsampleConfig  # type: ignore[attr-defined]
+        except ImportError:
+            return {}
+        return {"downsample": DownsampleConfig(**ds)}
+
+    def _privacy_policy(self) -> Any:
+        try:
+            from gateway.privacy import PrivacyConfig, PrivacyPolicy
+        except ImportError:
+            return None
+        pcfg = self.config.privacy if self.config.privacy is not None else PrivacyConfig()
+        return PrivacyPolicy(pcfg, community=self.config.model.gateway.community)
+
+    async def _start_buses(self, cfg: Config) -> None:
+        assert self.pipeline is not None
+        self.trackers = make_trackers(cfg)
+        for bus_name, devs in group_by_bus(cfg).items():
+            spec = cfg.buses[bus_name]
+            runner = BusRunner(
+                spec, cfg.registry.drivers[spec.driver], devs, self.pipeline, self.trackers
+            )
+            self.runners[bus_name] = runner
+        # open all buses concurrently; a policy-"error" failure aborts the start
+        results = await asyncio.gather(
+            *(r.open() for r in self.runners.values()), return_exceptions=True
+        )
+        for runner, res in zip(list(self.runners.values()), results, strict=True):
+            if isinstance(res, BaseException):
+                raise RuntimeError(
+                    f"bus {runner.spec.name} could not be opened and a device on it has "
+                    f"startup = \"error\": {res}"
+                ) from res
+        for runner in self.runners.values():
+            runner.start(self._spawn)
+
+    def _start_uplinks(self) -> None:
+        if not self.config.uplinks:
+            return
+        import sync
+
+        for ucfg in self.config.uplinks:
+            up = sync.create_uplink(
+                ucfg,
+                gw_id=self.config.gw_id,
+                buffer=self.buffer,
+                commands=self._command_handler,
+                status=self.status_message,
+            )
+            self.uplinks.append(up)
+            self._uplink_tasks.append(self._spawn(up.run(), f"uplink:{up.name}"))
+
+    async def _command_handler(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        assert self.commands is not None
+        return await self.commands.execute(cmd, source="uplink")
+
+    def status_message(self) -> dict[str, Any]:
+        return {
+            "state": "online",
+            "version": gateway.__version__,
+            "gw": self.config.gw_id,
+            "district": self.config.model.gateway.district,
+            "community": self.config.model.gateway.community,
+            "devices": len(self.config.devices),
+            "started": self.started_at,
+        }
+
+    async def _sink(self, records: Sequence[Record]) -> None:
+        from buffer import BufferRefused
+
+        try:
+            await self.buffer.append(records)
+        except BufferRefused as exc:
+            metrics.INGEST_REFUSED.labels(exc.reason).inc(len(records))
+            log.warning("buffer refused %d records: %s", len(records), exc.reason)
+
+    async def _emit(self, records: list[Record]) -> None:
+        assert self.pipeline is not None
+        await self.pipeline.submit(records)
+
+    def _bus_of(self, name: str) -> Bus | None:
+        runner = self.runners.get(name)
+        return runner.bus if runner is not None and runner.is_open else None
+
+    def _gw_record(self, pt: str, v: Any, attrs: dict[str, Any] | None = None) -> Record:
+        return Record(
+            gw=self.config.gw_id, dev=self.config.gw_id, cls="gateway", pt=pt,
+            kind="lifecycle", v=v, ts=ts_now(), attrs=attrs,
+        )
+
+    def _update_device_gauges(self) -> None:
+        metrics.DEVICES.clear()
+        for cls in {d.spec.cls for d in self.config.devices.values()}:
+            trs = [t for t in self.trackers.values() if t.cls == cls]
+            for state, n in summarize(trs).items():
+                metrics.DEVICES.labels(cls, state).set(n)
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+            loop.add_signal_handler(signal.SIGINT, self._stop.set)
+            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(), "reload"))
+        await self.start()
+        self._notify_ready()
+        try:
+            while not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=5.0)
+                self._update_device_gauges()
+                self._notify_status()
+        finally:
+            await self.stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _notify_ready(self) -> None:
+        try:
+            from gateway import sdnotify
+        except ImportError:
+            return
+        with contextlib.suppress(Exception):
+            sdnotify.ready()
+            self._notify_status()
+            wd = getattr(sdnotify, "Watchdog", None)
+            if wd is not None:
+                self.watchdog = wd()
+                start = getattr(self.watchdog, "start", None)
+                if start is not None:
+                    start()
+
+    def _notify_status(self) -> None:
+        try:
+            from gateway import sdnotify
+        except ImportError:
+            return
+        s = summarize(list(self.trackers.values()))
+        pending = ""
+        if self.buffer is not None and self.uplinks:
+            with contextlib.suppress(Exception):
+                pending = ", " + ", ".join(
+                    f"{u.name} pending {self.buffer.pending_count(u.name)}" for u in self.uplinks
+                )
+        with contextlib.suppress(Exception):
+            sdnotify.status(f"{s['online']} online, {s['offline']} offline devices{pending}")
+
+    async def stop(self) -> None:
+        """Stop polling, commit what is in flight, stop uplinks and the API, close the buffer."""
+        self.ready = False
+        self.not_ready_reasons = ["stopping"]
+        with contextlib.suppress(Exception):
+            from gateway import sdnotify
+
+            sdnotify.stopping()
+        if self.watchdog is not None:
+            stop = getattr(self.watchdog, "stop", None)
+            if stop is not None:
+                with contextlib.suppress(Exception):
+                    res = stop()
+                    if asyncio.iscoroutine(res):
+                        await res
+        for runner in list(self.runners.values()):
+            await runner.close()
+        self.runners.clear()
+        if self.pipeline is not None and self.buffer is not None:
+            with contextlib.suppress(Exception):
+                await self.pipeline.submit([self._gw_record("status", "stopping")])
+        for t in self._uplink_tasks:
+            t.cancel()
+        for t in self._uplink_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._uplink_tasks.clear()
+        for up in self.uplinks:
+            close = getattr(up, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+        self.uplinks.clear()
+        if self.api is not None:
+            await self.api.stop()
+            self.api = None
+        for t in list(self._tasks):
+            t.cancel()
+        for t in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.buffer is not None:
+            await self.buffer.close()
+            self.buffer = None
+
+    # ------------------------------------------------------------------ reload
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file. Devices, buses, profiles and uplinks are applied in place
+        (changed buses restarted; untouched buses keep running); settings that need a restart
+        are reported and left as they were. No accepted record is lost: the buffer stays open."""
+        try:
+            new = load_config(self.config.file, registry=self.config.registry)
+        except ConfigError as exc:
+            metrics.CONFIG_RELOADS.labels("invalid").inc()
+            log.error("reload refused, the running configuration is kept:\n%s", exc)
+            return {"outcome": "invalid", "errors": [str(i) for i in exc.issues]}
+        old = self.config
+        needs_restart = [
+            key
+            for key, a, b in (
+                ("gateway.id", old.gw_id, new.gw_id),
+                ("buffer", old.model.buffer, new.model.buffer),
+                ("api", old.model.api, new.model.api),
+            )
+            if a != b
+        ]
+        if needs_restart:
+            log.warning("reload: %s changed and needs a restart; kept as before", ", ".join(needs_restart))
+        assert self.pipeline is not None
+        old_groups = group_by_bus(old)
+        new_groups = group_by_bus(new)
+        changed = [
+            name
+            for name in set(old_groups) | set(new_groups)
+            if name not in old_groups
+            or name not in new_groups
+            or old.buses.get(name) != new.buses.get(name)
+            or _dev_sig(old_groups[name]) != _dev_sig(new_groups[name])
+        ]
+        for name in changed:
+            runner = self.runners.pop(name, None)
+            if runner is not None:
+                await runner.close()
+        new_trackers = make_trackers(new)
+        for dev_id, tr in new_trackers.items():  # keep memory of unchanged devices
+            old_tr = self.trackers.get(dev_id)
+            if old_tr is not None and old_tr.profile == tr.profile:
+                new_trackers[dev_id] = old_tr
+        self.trackers = new_trackers
+        for name in changed:
+            if name in new_groups:
+                spec = new.buses[name]
+                runner = BusRunner(
+                    spec, new.registry.drivers[spec.driver], new_groups[name],
+                    self.pipeline, self.trackers,
+                )
+                self.runners[name] = runner
+                try:
+                    await runner.open()
+                except Exception as exc:
+                    log.error("reload: bus %s failed to open: %s", name, exc)
+                runner.start(self._spawn)
+        for runner in self.runners.values():
+            runner.trackers = self.trackers
+        self.config = _merge_keep(old, new, needs_restart)
+        if self.commands is not None:
+            self.commands.devices = self.config.devices
+        if old.uplinks != new.uplinks and "gateway.id" not in needs_restart:
+            for t in self._uplink_tasks:
+                t.cancel()
+            for t in self._uplink_tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            self._uplink_tasks.clear()
+            self.uplinks.clear()
+            self._start_uplinks()
+        await self.pipeline.submit([self._gw_record("status", "reloaded")])
+        metrics.CONFIG_RELOADS.labels("ok").inc()
+        log.info("configuration reloaded: %d bus(es) restarted", len(changed))
+        return {"outcome": "ok", "restarted_buses": sorted(changed), "needs_restart": needs_restart}
+
+
+def _dev_sig(devs: list[Any]) -> list[Any]:
+    return sorted((d.spec.id, repr(d.spec), d.section) for d in devs)
+
+
+def _merge_keep(old: Config, new: Config, keep: list[str]) -> Config:
+    if not keep:
+        return new
+    # keep the restart-only settings of the running config
+    model = new.model.model_copy(
+        update={
+            "gateway": old.model.gateway if "gateway.id" in keep else new.model.gateway,
+            "buffer": old.model.buffer,
+            "api": old.model.api,
+        }
+    )
+    new.model = model
+    return new
+
+
+def run(config_path: Path) -> int:
+    """Entry point of ``edge-gateway run``."""
+    config = load_config(config_path)
+    try:
+        import uvloop
+
+        runner_factory: Any = uvloop.run
+    except ImportError:
+        runner_factory = asyncio.run
+    app_holder: dict[str, GatewayApp] = {}
+
+    async def main() -> None:
+        app = GatewayApp(config)
+        app_holder["app"] = app
+        await app.run_forever()
+
+    runner_factory(main())
+    return 0

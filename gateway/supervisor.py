@@ -1,0 +1,312 @@
+"""Supervisor and scheduler: one asyncio task tree.
+
+* ``BusRunner`` owns one bus hub (``plugin.Bus``): opens it (with the devices' startup
+  policy), runs one ``DeviceRunner`` per device and, for push drivers, the event stream.
+* ``DeviceRunner`` polls on a fixed grid (``t0 + k * interval``: no drift; overruns skip
+  slots and are counted), backs a silent device off exponentially with jitter, and feeds
+  poll outcomes to its ``DeviceTracker``.
+* A failure in one device, bus or driver is contained in its own task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway import metrics
+from gateway.config import Config, DeviceConfig
+from gateway.pipeline import DeviceTracker, Pipeline
+from gateway.plugin import Bus, BusSpec, DeviceUnavailable, Driver, DriverError, RawEvent
+from gateway.record import now as ts_now
+
+log = logging.getLogger(__name__)
+
+BACKOFF_CAP = 60.0  # seconds; a dead device is probed at least this often
+BUS_RETRY_CAP = 60.0
+
+
+def backoff_delay(failures: int, interval: float, cap: float, rng: random.Random) -> float:
+    """Delay before probing a device again after ``failures`` consecutive failures:
+    one interval, then doubling, capped, with jitter in [0.5, 1] of the value."""
+    base = min(cap, interval * (2 ** max(0, failures - 1)))
+    return base * rng.uniform(0.5, 1.0)
+
+
+class DeviceRunner:
+    def __init__(
+        self,
+        device: DeviceConfig,
+        bus: Bus,
+        driver: Driver,
+        tracker: DeviceTracker,
+        pipeline: Pipeline,
+        *,
+        backoff_cap: float = BACKOFF_CAP,
+    ) -> None:
+        self.device = device
+        self.bus = bus
+        self.driver = driver
+        self.tracker = tracker
+        self.pipeline = pipeline
+        self.backoff_cap = backoff_cap
+        self.backoff_until = 0.0
+        self.polls = 0
+        self._rng = random.Random()
+        self._up = metrics.DEVICE_UP.labels(device.spec.id, device.spec.cls, driver.name)
+        self._dur = metrics.POLL_DURATION.labels(driver.name)
+        self._ok = metrics.POLLS.labels(driver.name, "ok")
+        self._fail = metrics.POLLS.labels(driver.name, "failed")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.device.spec.poll_interval
+        # spread first polls of many devices over one interval
+        t0 = loop.time() + self._rng.uniform(0, min(interval, 1.0))
+        k = 0
+        while True:
+            due = t0 + k * interval
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                late = -delay
+                if late > interval:  # overrun: skip the slots we missed
+                    skipped = int(late // interval)
+                    k += skipped
+                    metrics.POLLS_SKIPPED.labels("overrun").inc(skipped)
+                    due = t0 + k * interval
+            k += 1
+            now = loop.time()
+            if now < self.backoff_until:
+                metrics.POLLS_SKIPPED.labels("backoff").inc()
+                continue
+            metrics.POLL_LATENESS.observe(max(0.0, now - due))
+            await self.poll_once()
+
+    async def poll_once(self) -> None:
+        spec = self.device.spec
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        self.polls += 1
+        guard = max(30.0, 3 * spec.poll_interval)
+        try:
+            reading = await asyncio.wait_for(self.bus.read(spec, spec.points), timeout=guard)
+        except DeviceUnavailable as exc:
+            records = self._failed(exc.reason, exc, loop.time())
+        except DriverError as exc:
+            records = self._failed(exc.reason, exc, loop.time())
+        except TimeoutError:
+            records = self._failed("hung", None, loop.time())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a driver bug must not stop the others
+            if self.tracker.online is not False:
+                log.exception("driver %s raised while reading %s", self.driver.name, spec.id)
+            records = self._failed("driver_error", exc, loop.time())
+        else:
+            self._dur.observe(loop.time() - start)
+            self._ok.inc()
+            self._up.set(1)
+            self.backoff_until = 0.0
+            records = self.tracker.on_reading(reading, ts_now())
+        await self.pipeline.submit(records)
+
+    def _failed(self, reason: str, exc: BaseException | None, now: float) -> list[Any]:
+        self._fail.inc()
+        self._up.set(0)
+        if exc is not None and self.tracker.online is not False:
+            log.debug("device %s: %s", self.device.spec.id, exc)
+        records = self.tracker.on_failure(reason, ts_now())
+        delay = backoff_delay(
+            self.tracker.failures, self.device.spec.poll_interval, self.backoff_cap, self._rng
+        )
+        self.backoff_until = now + delay
+        return records
+
+
+@dataclass
+class BusRunner:
+    spec: BusSpec
+    driver: Driver
+    devices: list[DeviceConfig]
+    pipeline: Pipeline
+    trackers: dict[str, DeviceTracker]
+    bus: Bus | None = None
+    runners: dict[str, DeviceRunner] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    is_open: bool = False
+
+    @property
+    def policy(self) -> str:
+        policies = {d.section.startup for d in self.devices}
+        for p in ("error", "retry", "ignore"):
+            if p in policies:
+                return p
+        return "retry"
+
+    async def open(self) -> None:
+        """Open the bus once. With policy ``error`` a failure propagates (the gateway does
+        not start); otherwise the runner keeps trying in the background."""
+        self.bus = self.driver.open_bus(self.spec)
+        for d in self.devices:
+            self.bus.attach(d.spec)
+            metrics.POLL_REQUESTS.labels(d.spec.id).set(self.bus.requests_per_poll(d.spec))
+        try:
+            await self.bus.open()
+        except Exception as exc:
+            reason = exc.reason if isinstance(exc, DriverError) else type(exc).__name__
+            metrics.BUS_OPEN_FAILURES.labels(self.spec.name, reason).inc()
+            if self.policy == "error":
+                raise
+            log.error("bus %s could not be opened: %s (%s)", self.spec.name, exc, self.policy)
+            return
+        self._opened()
+
+    def _opened(self) -> None:
+        self.is_open = True
+        metrics.BUS_UP.labels(self.spec.name, self.driver.name).set(1)
+
+    def start(self, spawn: Callable[[Awaitable[None], str], asyncio.Task[None]]) -> None:
+        assert self.bus is not None
+        if not self.is_open:
+            if self.policy == "ignore":
+                for d in self.devices:
+                    log.warning("device %s ignored: its bus %s is not available", d.spec.id, self.spec.name)
+                return
+            self.tasks.append(spawn(self._reopen_then_start(spawn), f"bus-open:{self.spec.name}"))
+            return
+        self._start_devices(spawn)
+
+    def _start_devices(self, spawn: Callable[[Awaitable[None], str], asyncio.Task[None]]) -> None:
+        assert self.bus is not None
+        for d in self.devices:
+            runner = DeviceRunner(
+                d, self.bus, self.driver, self.trackers[d.spec.id], self.pipeline,
+                backoff_cap=min(BACKOFF_CAP, max(d.spec.poll_interval, d.section.poll * 8)),
+            )
+            self.runners[d.spec.id] = runner
+            self.tasks.append(spawn(runner.run(), f"poll:{d.spec.id}"))
+        if self.bus.events() is not None:
+            self.tasks.append(spawn(self._events(), f"events:{self.spec.name}"))
+
+    async def _reopen_then_start(
+        self, spawn: Callable[[Awaitable[None], str], asyncio.Task[None]]
+    ) -> None:
+        assert self.bus is not None
+        failures = 1
+        rng = random.Random()
+        ts = ts_now()
+        records = []
+        for d in self.devices:
+            records.extend(self.trackers[d.spec.id].on_failure("bus_unavailable", ts))
+        await self.pipeline.submit(records)
+        while not self.is_open:
+            await asyncio.sleep(min(BUS_RETRY_CAP, 2.0 ** failures) * rng.uniform(0.5, 1.0))
+            try:
+                await self.bus.open()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                reason = exc.reason if isinstance(exc, DriverError) else type(exc).__name__
+                metrics.BUS_OPEN_FAILURES.labels(self.spec.name, reason).inc()
+                continue
+            log.info("bus %s opened after %d attempts", self.spec.name, failures)
+            self._opened()
+        self._start_devices(spawn)
+
+    async def _events(self) -> None:
+        assert self.bus is not None
+        rng = random.Random()
+        failures = 0
+        counter = metrics.EVENTS_PUSHED.labels(self.driver.name)
+        while True:
+            stream = self.bus.events()
+            if stream is None:
+                return
+            try:
+                async for ev in stream:
+                    failures = 0
+                    counter.inc()
+                    await self._route(ev)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                if failures == 1:
+                    log.exception("event stream of bus %s failed; restarting", self.spec.name)
+                await asyncio.sleep(min(30.0, 2.0 ** failures) * rng.uniform(0.5, 1.0))
+
+    async def _route(self, ev: RawEvent) -> None:
+        tracker = self.trackers.get(ev.device_id)
+        if tracker is None:
+            metrics.PIPELINE_DROPS.labels("unknown_device").inc()
+            return
+        await self.pipeline.submit(tracker.on_event(ev, ts_now()))
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("task of bus %s ended with an error", self.spec.name)
+        self.tasks.clear()
+        if self.bus is not None:
+            try:
+                await self.bus.close()
+            except Exception:
+                log.exception("closing bus %s failed", self.spec.name)
+        self.is_open = False
+        metrics.BUS_UP.labels(self.spec.name, self.driver.name).set(0)
+
+
+def make_trackers(config: Config) -> dict[str, DeviceTracker]:
+    return {
+        dev_id: DeviceTracker(
+            gw=config.gw_id,
+            dev=dev_id,
+            cls=d.spec.cls,
+            profile=d.profile,
+            poll_interval=d.spec.poll_interval,
+            stale_after=d.section.stale_after,
+        )
+        for dev_id, d in config.devices.items()
+        if d.section.enabled
+    }
+
+
+def group_by_bus(config: Config) -> dict[str, list[DeviceConfig]]:
+    out: dict[str, list[DeviceConfig]] = {}
+    for d in config.devices.values():
+        if d.section.enabled:
+            out.setdefault(d.bus, []).append(d)
+    return out
+
+
+def spawn_factory(tasks: set[asyncio.Task[Any]]) -> Callable[[Awaitable[None], str], asyncio.Task[None]]:
+    def spawn(coro: Awaitable[None], name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return task
+
+    return spawn
+
+
+def summarize(trackers: Sequence[DeviceTracker]) -> dict[str, int]:
+    out = {"online": 0, "offline": 0, "unknown": 0}
+    for t in trackers:
+        out["online" if t.online else "offline" if t.online is False else "unknown"] += 1
+    return out
+
+

@@ -1,0 +1,1 @@
+"""Hardware simulators for the community edge gateway (Modbus, serial meters, ONVIF, city platform)."""
