@@ -54,7 +54,9 @@ class GatewayApp:
         self.buffer = Buffer(
             path,
             gw=cfg.gw_id,
-            uplinks=[u.name for u in cfg.uplinks],
+            # with no uplink configured records are kept (for the local API) until the budget
+            # evicts them; "local" stands in as their only consumer
+            uplinks=[u.name for u in cfg.uplinks] or ["local"],
             budget_bytes=bcfg.budget,
             max_age=dict(bcfg.max_age) or None,
             queue_size=bcfg.queue_size,
