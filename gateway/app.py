@@ -24,6 +24,10 @@ from gateway.supervisor import BusRunner, group_by_bus, make_trackers, spawn_fac
 log = logging.getLogger(__name__)
 
 
+class StartupError(RuntimeError):
+    """The gateway cannot start (e.g. a bus of a device with ``startup = "error"``)."""
+
+
 class GatewayApp:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -58,7 +62,7 @@ class GatewayApp:
             # evicts them; "local" stands in as their only consumer
             uplinks=[u.name for u in cfg.uplinks] or ["local"],
             budget_bytes=bcfg.budget,
-            max_age=dict(bcfg.max_age) or None,
+            max_age={str(k): v for k, v in bcfg.max_age.items()} or None,
             queue_size=bcfg.queue_size,
             commit_max_records=bcfg.commit_max_records,
             commit_max_delay=bcfg.commit_max_delay,
@@ -92,7 +96,7 @@ class GatewayApp:
         if not ds:
             return {}
         try:
-            from buffer import DownsampleConfig  # type: ignore[attr-defined]
+            from buffer import DownsampleConfig
         except ImportError:
             return {}
         return {"downsample": DownsampleConfig(**ds)}
@@ -120,7 +124,7 @@ class GatewayApp:
         )
         for runner, res in zip(list(self.runners.values()), results, strict=True):
             if isinstance(res, BaseException):
-                raise RuntimeError(
+                raise StartupError(
                     f"bus {runner.spec.name} could not be opened and a device on it has "
                     f"startup = \"error\": {res}"
                 ) from res
@@ -193,8 +197,12 @@ class GatewayApp:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGTERM, self._stop.set)
             loop.add_signal_handler(signal.SIGINT, self._stop.set)
-            loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(), "reload"))
-        await self.start()
+            loop.add_signal_handler(signal.SIGHUP, self._reload_in_background)
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
         self._notify_ready()
         try:
             while not self._stop.is_set():
@@ -204,6 +212,12 @@ class GatewayApp:
                 self._notify_status()
         finally:
             await self.stop()
+
+    def _reload_in_background(self) -> None:
+        async def job() -> None:
+            await self.reload()
+
+        self._spawn(job(), "reload")
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -81,7 +81,7 @@ def cmd_drivers(args: argparse.Namespace) -> int:
     from gateway.registry import load_drivers
 
     reg = load_drivers()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": i.name, "version": i.version, "api_version": i.api_version,
             "protocols": list(i.protocols), "distribution": i.distribution,
@@ -175,7 +175,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.app import run
+    from gateway.app import StartupError, run
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -185,6 +185,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run(args.config)
     except ConfigError as exc:
         _print_issues(exc, False)
+        return 1
+    except StartupError as exc:
+        err.print(f"[bold red]gateway did not start:[/] {exc}", highlight=False)
         return 1
 
 
@@ -338,9 +341,9 @@ def build_parser(with_scan: bool = True) -> argparse.ArgumentParser:
     except ImportError:
         pass
     try:
-        from gateway import diagnostics
+        import importlib
 
-        diagnostics.register(sub)
+        importlib.import_module("gateway.diagnostics").register(sub)
     except ImportError:
         pass
     return p

@@ -201,8 +201,8 @@ def validate_config(
         if bus.name in buses:
             issue(("buses", i, "name"), f"duplicate bus name {bus.name!r}")
             continue
-        drv = reg.drivers.get(bus.driver)
-        if drv is None:
+        bus_drv = reg.drivers.get(bus.driver)
+        if bus_drv is None:
             issue(
                 ("buses", i, "driver"),
                 f"expected an installed driver ({', '.join(sorted(reg.drivers))}), found {bus.driver!r}",
@@ -210,7 +210,7 @@ def validate_config(
             continue
         extra = dict(bus.model_extra or {})
         try:
-            opts = drv.BusOptions.model_validate(extra)
+            opts = bus_drv.BusOptions.model_validate(extra)
         except ValidationError as exc:
             issues.extend(issues_from_validation(exc, fname, text, ("buses", i)))
             continue
@@ -392,7 +392,7 @@ def _validate_sections(
         if not isinstance(entries, list):
             issues.append(ConfigIssue(fname, key, f"expected an array of tables [[{key}]]", locate(text, (key,))))
             continue
-        good = []
+        good: list[BaseModel | None] = []
         for i, entry in enumerate(entries):
             try:
                 good.append(model.model_validate(entry))

@@ -32,7 +32,7 @@ BUS_RETRY_CAP = 60.0
 def backoff_delay(failures: int, interval: float, cap: float, rng: random.Random) -> float:
     """Delay before probing a device again after ``failures`` consecutive failures:
     one interval, then doubling, capped, with jitter in [0.5, 1] of the value."""
-    base = min(cap, interval * (2 ** max(0, failures - 1)))
+    base: float = min(cap, interval * (2.0 ** max(0, failures - 1)))
     return base * rng.uniform(0.5, 1.0)
 
 

@@ -76,6 +76,11 @@ class VirtualBus(Bus):
     def attach(self, device: DeviceSpec) -> None:
         self._rng[device.id] = random.Random(_device_seed(device))
 
+    async def open(self) -> None:
+        opts: VirtualBusOptions = self.spec.options
+        if opts.fail_file and Path(opts.fail_file).exists():  # noqa: ASYNC240 - a stat
+            raise DeviceUnavailable("unavailable", f"bus {self.spec.name}: {opts.fail_file} exists")
+
     def _check_up(self, device: DeviceSpec) -> None:
         opts: VirtualBusOptions = self.spec.options
         addr: VirtualDeviceAddress = device.address

@@ -188,3 +188,86 @@ def test_sigterm_commits_and_sighup_reloads(tmp_path: Path) -> None:
         assert gw[:4] == ["started", "reloaded", "stopping", "started"]
     finally:
         d2.stop()
+
+
+def _bus_config(tmp_path: Path, policy: str, flag: Path) -> Path:
+    from tests.support.core_daemon import free_port
+
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(
+        f"""
+[gateway]
+id = "gw-policy"
+district = "510107"
+community = "Test"
+
+[api]
+listen = "127.0.0.1:{free_port()}"
+
+[buffer]
+path = "{tmp_path / 'buffer.db'}"
+
+[[buses]]
+name = "flaky"
+driver = "virtual"
+fail_file = "{flag}"
+
+[[buses]]
+name = "fine"
+driver = "virtual"
+
+[[devices]]
+id = "on-flaky"
+class = "environment_sensor"
+profile = "virtual-environment"
+bus = "flaky"
+poll = "1s"
+startup = "{policy}"
+
+[[devices]]
+id = "on-fine"
+class = "environment_sensor"
+profile = "virtual-environment"
+bus = "fine"
+poll = "1s"
+"""
+    )
+    return cfg
+
+
+def test_startup_policy_error_refuses_to_start(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    flag = tmp_path / "down"
+    flag.write_text("x")
+    cfg = _bus_config(tmp_path, "error", flag)
+    p = subprocess.run([sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    assert "bus flaky could not be opened" in p.stderr and "startup" in p.stderr
+
+
+def test_startup_policy_retry_and_ignore(tmp_path: Path) -> None:
+    flag = tmp_path / "down"
+    flag.write_text("x")
+    d = Daemon(_bus_config(tmp_path, "retry", flag)).start()
+    try:
+        d.wait_for(lambda: d.get("/api/v1/devices/on-fine")["state"] == "online", 10, "fine device online")
+        assert d.get("/api/v1/devices/on-flaky")["state"] == "offline"
+        assert d.get("/api/v1/health")["buses_down"] == ["flaky"]
+        flag.unlink()
+        d.wait_for(lambda: d.get("/api/v1/devices/on-flaky")["state"] == "online", 20, "bus reopened")
+    finally:
+        d.stop()
+    flag.write_text("x")
+    d = Daemon(_bus_config(tmp_path, "ignore", flag)).start()
+    try:
+        d.wait_for(lambda: d.get("/api/v1/devices/on-fine")["state"] == "online", 10, "fine device online")
+        flag.unlink()
+        import time as _t
+
+        _t.sleep(3)
+        assert d.get("/api/v1/devices/on-flaky")["state"] == "unknown"
+        assert "ignored" in d.log_text()
+    finally:
+        d.stop()
