@@ -156,3 +156,21 @@ def test_bundled_virtual_profiles_cover_every_class() -> None:
     assert not pset.issues
     classes = {p.cls for p in pset.profiles.values()}
     assert classes == set(C) - {"gateway"}
+
+
+def test_site_profile_overrides_bundled(tmp_path: Any) -> None:
+    from gateway.config import load_config
+
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "smoke.toml").write_text(
+        '[profile]\nid = "virtual-smoke"\nclass = "smoke_detector"\ndriver = "virtual"\nvendor = "Site"\nmodel = "Override"\n'
+        '[points.smoke_density]\naddress = { generator = "constant", value = 7 }\n'
+    )
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(
+        '[gateway]\nid = "g"\ndistrict = "510107"\ncommunity = "c"\nprofile_dirs = ["profiles"]\n'
+        '[[devices]]\nid = "s"\nclass = "smoke_detector"\nprofile = "virtual-smoke"\n'
+    )
+    c = load_config(cfg)
+    assert c.profiles["virtual-smoke"].vendor == "Site"
+    assert list(c.profiles["virtual-smoke"].points) == ["smoke_density"]

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.pipeline import DeviceTracker, Pipeline
+from gateway.plugin import Bus, BusSpec, DeviceSpec, DeviceUnavailable, PointSpec, Reading
+from gateway.record import Record
+from gateway.supervisor import DeviceRunner, backoff_delay
+
+
+def test_backoff_grows_caps_and_jitters() -> None:
+    rng = random.Random(1)
+    delays = [backoff_delay(n, 1.0, 30.0, rng) for n in range(1, 10)]
+    assert 0.5 <= delays[0] <= 1.0
+    assert 4 <= delays[3] <= 8
+    assert all(d <= 30.0 for d in delays) and delays[-1] >= 15.0
+    assert len({round(backoff_delay(3, 1.0, 30.0, rng), 6) for _ in range(20)}) > 1
+
+
+class ClockBus(Bus):
+    def __init__(self, fail: bool = False, delay: float = 0.0) -> None:
+        super().__init__(BusSpec("t", "virtual", None))
+        self.times: list[float] = []
+        self.fail = fail
+        self.delay = delay
+
+    async def read(self, device: DeviceSpec, points: Sequence[PointSpec]) -> Reading:
+        self.times.append(asyncio.get_running_loop().time())
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail:
+            raise DeviceUnavailable("timeout", "no answer")
+        return Reading(values={"temperature": 20.0})
+
+
+def _runner(tmp_path: Path, bus: Bus, interval: float) -> tuple[DeviceRunner, list[Record]]:
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(
+        '[gateway]\nid = "g"\ndistrict = "510107"\ncommunity = "c"\n'
+        f'[[devices]]\nid = "env"\nclass = "environment_sensor"\nprofile = "virtual-environment"\npoll = {interval}\n'
+    )
+    config = load_config(cfg)
+    dev = config.devices["env"]
+    out: list[Record] = []
+
+    async def sink(recs: Sequence[Record]) -> None:
+        out.extend(recs)
+
+    tracker = DeviceTracker("g", "env", "environment_sensor", dev.profile, interval)
+    driver = config.registry.drivers["virtual"]
+    return DeviceRunner(dev, bus, driver, tracker, Pipeline(sink), backoff_cap=0.4), out
+
+
+async def _run_for(runner: DeviceRunner, seconds: float) -> None:
+    task = asyncio.create_task(runner.run())
+    await asyncio.sleep(seconds)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_polls_on_a_fixed_grid_without_drift(tmp_path: Path) -> None:
+    bus = ClockBus(delay=0.013)  # a read that takes time must not shift the schedule
+    runner, _ = _runner(tmp_path, bus, 0.05)
+    await _run_for(runner, 1.05)
+    t = bus.times
+    assert 18 <= len(t) <= 22
+    steps = [b - a for a, b in zip(t, t[1:], strict=False)]
+    # each start is on the grid: total span equals (n-1) intervals, no accumulated drift
+    assert abs((t[-1] - t[0]) - 0.05 * (len(t) - 1)) < 0.03
+    assert max(steps) < 0.09
+
+
+async def test_dead_device_is_backed_off(tmp_path: Path) -> None:
+    bus = ClockBus(fail=True)
+    runner, records = _runner(tmp_path, bus, 0.02)
+    await _run_for(runner, 1.0)
+    # 50 slots in a second, but after the first failures the device is probed rarely
+    assert len(bus.times) < 15
+    assert [r.v for r in records if r.pt == "status"] == ["offline"]
+    bus.fail = False
+    await _run_for(runner, 1.0)
+    assert [r.v for r in records if r.pt == "status"] == ["offline", "online"]
