@@ -53,6 +53,7 @@ class ApiServer:
         r.add_get("/api/v1/buffer", self.buffer_stats)
         r.add_get("/api/v1/uplinks", self.uplinks)
         r.add_post("/api/v1/reload", self.reload)
+        r.add_get("/api/v1/log", self.recent_log)
         r.add_get("/metrics", self.metrics)
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -212,6 +213,11 @@ class ApiServer:
             return denied
         result = await self.gw.reload()
         return _json(result, 200 if result["outcome"] == "ok" else 422)
+
+    async def recent_log(self, request: web.Request) -> web.Response:
+        from gateway.logbuffer import HANDLER
+
+        return _json({"entries": HANDLER.snapshot()})
 
     async def metrics(self, request: web.Request) -> web.Response:
         if not self.gw.config.model.metrics.enabled:

@@ -395,6 +395,9 @@ def _merge_keep(old: Config, new: Config, keep: list[str]) -> Config:
 
 def run(config_path: Path) -> int:
     """Entry point of ``edge-gateway run``."""
+    from gateway.logbuffer import install
+
+    install()
     config = load_config(config_path)
     try:
         import uvloop

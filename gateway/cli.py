@@ -341,9 +341,9 @@ def build_parser(with_scan: bool = True) -> argparse.ArgumentParser:
     except ImportError:
         pass
     try:
-        import importlib
+        from gateway import diagnostics
 
-        importlib.import_module("gateway.diagnostics").register(sub)
+        diagnostics.register(sub)
     except ImportError:
         pass
     return p
