@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,7 +74,7 @@ class GatewayApp:
         self.pipeline = Pipeline(self._sink, self._privacy_policy())
         await self.pipeline.submit([self._gw_record("status", "started")])
         self.commands = CommandService(
-            cfg.devices, self._bus_of, self.buffer, self._emit, cfg.gw_id
+            cfg.devices, self._bus_of, self.buffer, self._emit, cfg.gw_id, self._written
         )
         await self._start_buses(cfg)
         if cfg.model.api.enabled:
@@ -171,6 +173,11 @@ class GatewayApp:
             metrics.INGEST_REFUSED.labels(exc.reason).inc(len(records))
             log.warning("buffer refused %d records: %s", len(records), exc.reason)
 
+    def _written(self, dev_id: str, point: str, value: Any, ts: float) -> None:
+        tracker = self.trackers.get(dev_id)
+        if tracker is not None:
+            tracker.note_written(point, value, ts)
+
     async def _emit(self, records: list[Record]) -> None:
         assert self.pipeline is not None
         await self.pipeline.submit(records)
@@ -210,8 +217,25 @@ class GatewayApp:
                     await asyncio.wait_for(self._stop.wait(), timeout=5.0)
                 self._update_device_gauges()
                 self._notify_status()
+                await self._flush_aggregates(time.time())
         finally:
             await self.stop()
+
+    async def _flush_aggregates(self, now: float) -> None:
+        """Privacy aggregate windows that closed become records (already privacy-safe,
+        so they go straight to the buffer)."""
+        policy = self.pipeline.privacy if self.pipeline is not None else None
+        flush = getattr(policy, "flush_aggregates", None)
+        if flush is None or self.buffer is None:
+            return
+        records = flush(now)
+        if records:
+            await self._sink(records)
+
+    def _healthy(self) -> bool:
+        """Watchdog health (beside event-loop lag, which the watchdog measures itself):
+        the buffer is open. A full disk is a degradation, not a reason to be restarted."""
+        return self.buffer is not None
 
     def _reload_in_background(self) -> None:
         async def job() -> None:
@@ -230,12 +254,8 @@ class GatewayApp:
         with contextlib.suppress(Exception):
             sdnotify.ready()
             self._notify_status()
-            wd = getattr(sdnotify, "Watchdog", None)
-            if wd is not None:
-                self.watchdog = wd()
-                start = getattr(self.watchdog, "start", None)
-                if start is not None:
-                    start()
+            self.watchdog = sdnotify.Watchdog(health=self._healthy)
+            self.watchdog.start()
 
     def _notify_status(self) -> None:
         try:
@@ -261,16 +281,15 @@ class GatewayApp:
 
             sdnotify.stopping()
         if self.watchdog is not None:
-            stop = getattr(self.watchdog, "stop", None)
-            if stop is not None:
-                with contextlib.suppress(Exception):
-                    res = stop()
-                    if asyncio.iscoroutine(res):
-                        await res
+            with contextlib.suppress(Exception):
+                await self.watchdog.stop()
+            self.watchdog = None
         for runner in list(self.runners.values()):
             await runner.close()
         self.runners.clear()
         if self.pipeline is not None and self.buffer is not None:
+            with contextlib.suppress(Exception):
+                await self._flush_aggregates(math.inf)
             with contextlib.suppress(Exception):
                 await self.pipeline.submit([self._gw_record("status", "stopping")])
         for t in self._uplink_tasks:

@@ -21,6 +21,8 @@ import gateway
 import gateway.plugin
 from gateway.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 
+EX_CONFIG = 78  # sysexits.h: configuration error
+
 out = Console()
 err = Console(stderr=True)
 
@@ -119,11 +121,13 @@ def check_summary(cfg: Config) -> dict[str, Any]:
     by_bus = Counter(d.bus for d in cfg.devices.values())
     by_driver = Counter(cfg.buses[d.bus].driver for d in cfg.devices.values())
     privacy: list[dict[str, Any]] = []
+    privacy_warnings: list[str] = []
     try:
         from gateway.privacy import PrivacyConfig, PrivacyPolicy
 
         pol = PrivacyPolicy(cfg.privacy or PrivacyConfig(), community=cfg.model.gateway.community)
         privacy = list(pol.describe())
+        privacy_warnings = list(pol.warnings())
     except ImportError:
         pass
     return {
@@ -137,7 +141,7 @@ def check_summary(cfg: Config) -> dict[str, Any]:
         "profiles": len(cfg.profiles),
         "uplinks": [{"name": u.name, "kind": getattr(u, "kind", "?")} for u in cfg.uplinks],
         "privacy": privacy,
-        "warnings": cfg.warnings,
+        "warnings": [*cfg.warnings, *privacy_warnings],
     }
 
 
@@ -185,7 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return run(args.config)
     except ConfigError as exc:
         _print_issues(exc, False)
-        return 1
+        return EX_CONFIG  # systemd: RestartPreventExitStatus=78, a restart would not help
     except StartupError as exc:
         err.print(f"[bold red]gateway did not start:[/] {exc}", highlight=False)
         return 1

@@ -78,7 +78,9 @@ class CommandService:
         audit: Audit,
         emit: Callable[[list[Record]], Awaitable[None]],
         gw: str,
+        on_written: Callable[[str, str, Any, float], None] | None = None,
     ) -> None:
+        self.on_written = on_written
         self.devices = devices
         self._bus = buses
         self.audit = audit
@@ -155,6 +157,8 @@ class CommandService:
                 cmd, "failed", f"read-back {readback!r} differs from the written value", value=readback
             )
         ts = round(time.time(), 3)
+        if self.on_written is not None:
+            self.on_written(dev.spec.id, pm.name, cmd["value"], ts)
         await self.emit(
             [
                 Record(

@@ -48,7 +48,10 @@ class DeviceHarness:
         self.trackers = make_trackers(config)
         self.runners: dict[str, BusRunner] = {}
         self.audit = _MemoryAudit()
-        self.commands = CommandService(config.devices, self._bus, self.audit, self.pipeline.submit, config.gw_id)
+        self.commands = CommandService(
+            config.devices, self._bus, self.audit, self.pipeline.submit, config.gw_id,
+            lambda dev, pt, v, ts: self.trackers[dev].note_written(pt, v, ts),
+        )
         self._event_tasks: list[asyncio.Task[None]] = []
 
     @classmethod

@@ -196,6 +196,17 @@ class DeviceTracker:
                 )
         return out
 
+    def note_written(self, point: str, value: Value, ts: float) -> None:
+        """A command wrote ``value`` and the gateway already reported it: remember it so the
+        next poll does not report the same change again."""
+        pm = self.profile.points.get(point)
+        self.sent[point] = value
+        self.sent_at[point] = ts
+        self.latest[point] = {
+            "v": value, "q": "good", "ts": ts,
+            "u": pm.pdef.unit if pm else None, "kind": pm.pdef.kind if pm else "state",
+        }
+
     def on_failure(self, reason: str, ts: float) -> list[Record]:
         """The device did not answer a poll."""
         out: list[Record] = []
