@@ -1,0 +1,256 @@
+"""MQTT uplink (aiomqtt, QoS 1, persistent session, last will, birth, downlink commands).
+
+Topics under ``{topic_prefix}/{gw}/``: ``records`` (batches), ``status`` (retained; birth
+message, last will ``offline``), ``cmd`` (subscribed, QoS 1) and ``cmd/result``.
+
+Each connection uses a fresh client, so the only retransmission is ours: batches that were
+in flight when a connection died are resent first on the next connection with the same
+batch id and bytes. Records of a batch are acknowledged to the buffer only after PUBACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import aiomqtt
+
+from gateway import __version__
+from sync import metrics
+from sync.codec import CommandError, command_result, encode_json, normalise_result, parse_command
+from sync.config import MqttUplinkConfig
+from sync.engine import BufferLike, CommandHandler, LinkDown, Outgoing, StatusFn, UplinkEngine
+from sync.tls import build_ssl_context, classify_error
+
+log = logging.getLogger("sync.mqtt")
+
+# aiomqtt warns on every publish once more than 10 are pending; with a window that is the
+# normal state, and the log flood costs throughput. Only errors get through.
+_QUIET = logging.getLogger("sync.mqtt.client")
+_QUIET.setLevel(logging.ERROR)
+
+_RESULT_QUEUE_MAX = 1000
+
+
+class MqttUplink(UplinkEngine):
+    kind = "mqtt"
+    config: MqttUplinkConfig
+
+    def __init__(
+        self,
+        config: MqttUplinkConfig,
+        *,
+        gw_id: str,
+        buffer: BufferLike,
+        commands: CommandHandler | None = None,
+        status: StatusFn | None = None,
+    ) -> None:
+        super().__init__(config, gw_id=gw_id, buffer=buffer, commands=commands, status=status)
+        base = f"{config.topic_prefix}/{gw_id}"
+        self.topic_records = f"{base}/records"
+        self.topic_status = f"{base}/status"
+        self.topic_cmd = f"{base}/cmd"
+        self.topic_result = f"{base}/cmd/result"
+        self.client_id = config.client_id or f"edge-gw-{gw_id}-{config.name}"[:128]
+        self._ssl = build_ssl_context(config.tls, uplink=config.name) if config.uses_tls else None
+        self._client: aiomqtt.Client | None = None
+        self._results: list[dict[str, Any]] = []  # results waiting for a connection
+        self._command_tasks: set[asyncio.Task[None]] = set()
+        self._command_sem = asyncio.Semaphore(config.command_concurrency)
+        self._stats.extra.update(commands_received=0, url=config.url)
+        self._m_commands = {o: metrics.COMMANDS.labels(self.name, o) for o in metrics.COMMAND_OUTCOMES}
+
+    # ------------------------------------------------------------------ connection
+    def _new_client(self) -> aiomqtt.Client:
+        cfg = self.config
+        will = aiomqtt.Will(
+            self.topic_status,
+            encode_json({"gw": self.gw_id, "status": "offline", "reason": "connection lost"}),
+            qos=1,
+            retain=True,
+        )
+        return aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username,
+            password=cfg.password.get_secret_value() if cfg.password else None,
+            identifier=self.client_id,
+            clean_session=False,
+            will=will,
+            timeout=cfg.timeout,
+            keepalive=max(5, int(cfg.keepalive)),
+            logger=_QUIET,
+            max_inflight_messages=cfg.window + 32,
+            tls_context=self._ssl,
+        )
+
+    async def run(self) -> None:
+        """Connect, publish, reconnect; returns only by cancellation."""
+        first = True
+        try:
+            while True:
+                started: float | None = None
+                retry_after: float | None = None
+                client = self._new_client()
+                try:
+                    async with asyncio.timeout(self.config.timeout + 5):
+                        await client.__aenter__()
+                except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+                    self._note_failure(self._describe(exc), classify_error(exc))
+                else:
+                    started = time.monotonic()
+                    was_first, first = first, False
+                    try:
+                        await self._connected_session(client, was_first)
+                    except LinkDown as exc:
+                        self._note_failure(str(exc), exc.reason)
+                        retry_after = exc.retry_after
+                    except aiomqtt.MqttError as exc:
+                        self._note_failure(f"connection lost: {exc}", classify_error(exc))
+                    except asyncio.CancelledError:
+                        await self._goodbye(client)
+                        raise
+                    except Exception as exc:  # a bug must not stop the uplink for good
+                        log.exception("uplink %s: unexpected error", self.name)
+                        self._note_failure(f"internal error: {exc!r}", "other")
+                    finally:
+                        self._client = None
+                        self._set_connected(False)
+                        with contextlib.suppress(Exception):
+                            await client.__aexit__(None, None, None)
+                session = None if started is None else time.monotonic() - started
+                await asyncio.sleep(self._next_delay(session, retry_after))
+        finally:
+            self._set_connected(False)
+            tasks = list(self._command_tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._release_retries()
+
+    def _describe(self, exc: BaseException) -> str:
+        where = self.config.url
+        if classify_error(exc) == "tls":
+            return f"TLS handshake with {where} failed (certificate not trusted?): {exc}"
+        if isinstance(exc, TimeoutError):
+            return f"connecting to {where} timed out"
+        return f"cannot connect to {where}: {exc}"
+
+    async def _connected_session(self, client: aiomqtt.Client, first: bool) -> None:
+        self._client = client
+        if not first:
+            self._stats.reconnects += 1
+            metrics.UPLINK_RECONNECTS.labels(self.name).inc()
+        # Birth message (retained) -- published before anything else so the platform knows
+        # who is talking. Its PUBACK proves the link works end to end.
+        birth = {"version": __version__, **self._safe_status()}
+        birth.update(gw=self.gw_id, status="online", uplink=self.name, ts=round(time.time(), 3))
+        await client.publish(self.topic_status, encode_json(birth), qos=1, retain=True)
+        if self.config.commands:
+            await client.subscribe(self.topic_cmd, qos=1)
+        self._begin_session()
+        log.info("uplink %s: connected to %s (backlog up to seq %d)", self.name, self.config.url, self._hw)
+        await self._flush_results(client)
+        pump = asyncio.create_task(self._pump(), name=f"uplink-{self.name}-pump")
+        reader = asyncio.create_task(self._read(client), name=f"uplink-{self.name}-reader")
+        try:
+            done, _ = await asyncio.wait({pump, reader}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, reader):
+                task.cancel()
+            results = await asyncio.gather(pump, reader, return_exceptions=True)
+        for res in results:
+            if isinstance(res, BaseException) and not isinstance(res, asyncio.CancelledError):
+                raise res
+        raise LinkDown("connection closed")
+
+    def _safe_status(self) -> dict[str, Any]:
+        try:
+            return dict(self._status())
+        except Exception:
+            log.exception("uplink %s: status callback failed", self.name)
+            return {}
+
+    async def _goodbye(self, client: aiomqtt.Client) -> None:
+        """Graceful stop: retained ``offline`` status, then DISCONNECT (no will)."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2):
+                await client.publish(
+                    self.topic_status,
+                    encode_json({"gw": self.gw_id, "status": "offline", "reason": "shutdown",
+                                 "ts": round(time.time(), 3)}),
+                    qos=1,
+                    retain=True,
+                )
+
+    async def _send(self, item: Outgoing) -> None:
+        client = self._client
+        if client is None:
+            raise LinkDown("not connected")
+        try:
+            await client.publish(self.topic_records, item.payload, qos=1, timeout=self.config.timeout)
+        except aiomqtt.MqttError as exc:
+            reason = "timeout" if "timed out" in str(exc).lower() else "protocol"
+            raise LinkDown(f"publish failed: {exc}", reason=reason) from None
+
+    # ------------------------------------------------------------------ downlink
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            if message.topic.matches(self.topic_cmd):
+                payload = message.payload
+                data = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
+                task = asyncio.create_task(self._command(bytes(data)))
+                self._command_tasks.add(task)
+                task.add_done_callback(self._command_tasks.discard)
+        raise LinkDown("message stream ended")  # pragma: no cover - aiomqtt raises instead
+
+    async def _command(self, payload: bytes) -> None:
+        self._stats.extra["commands_received"] += 1
+        now = time.time()
+        try:
+            cmd = parse_command(payload)
+        except CommandError as exc:
+            if exc.command_id is None:
+                self._m_commands["malformed"].inc()
+                log.warning("uplink %s: malformed command dropped (no id): %s", self.name, exc.reason)
+                return
+            self._m_commands["rejected"].inc()
+            log.warning("uplink %s: command %s rejected: %s", self.name, exc.command_id, exc.reason)
+            await self._publish_result(command_result(exc.command_id, "rejected", ts=now, reason=exc.reason))
+            return
+        if self._commands is None:
+            result = command_result(cmd.id, "rejected", ts=now, reason="this gateway does not accept commands")
+        else:
+            async with self._command_sem:
+                try:
+                    raw = await self._commands(cmd.to_handler_dict(source=f"mqtt:{self.name}", received=now))
+                    result = normalise_result(cmd.id, raw, ts=time.time())
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.exception("uplink %s: command %s failed in the handler", self.name, cmd.id)
+                    result = command_result(cmd.id, "failed", ts=time.time(), reason=f"internal error: {exc}")
+        self._m_commands[result["outcome"]].inc()
+        await self._publish_result(result)
+
+    async def _publish_result(self, result: dict[str, Any]) -> None:
+        client = self._client
+        if client is not None:
+            try:
+                await client.publish(self.topic_result, encode_json(result), qos=1, timeout=self.config.timeout)
+                return
+            except aiomqtt.MqttError:
+                pass
+        if len(self._results) >= _RESULT_QUEUE_MAX:
+            dropped = self._results.pop(0)
+            log.warning("uplink %s: result of command %s dropped (queue full)", self.name, dropped.get("id"))
+        self._results.append(result)
+
+    async def _flush_results(self, client: aiomqtt.Client) -> None:
+        while self._results:
+            result = self._results[0]
+            await client.publish(self.topic_result, encode_json(result), qos=1, timeout=self.config.timeout)
+            self._results.pop(0)
