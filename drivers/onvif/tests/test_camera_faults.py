@@ -1,0 +1,247 @@
+"""The driver against simulated cameras over real HTTP: auth, clock skew, fallbacks,
+timeouts, expired subscriptions, reboots, snapshots and unknown topics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from hwsim.onvif import CameraConfig, CameraGroup, SimCamera
+from prometheus_client import REGISTRY
+
+from drivers.onvif.driver import OnvifBus
+from gateway.plugin import DeviceSpec, DeviceUnavailable, DriverError
+from tests.support.onvif_helpers import EventCollector, bundled_profiles, device, open_bus
+
+PROFILES = bundled_profiles()
+THROW = ("tns1:RuleEngine/HighAltitudeThrow/ObjectThrown", "IsThrown")
+
+
+def acme(cam: SimCamera, tmp: Path, dev_id: str = "cam-a", **extra: object) -> tuple[DeviceSpec, OnvifBus]:
+    address = {
+        "host": "127.0.0.1", "port": cam.port, "username": "admin", "password": "pw",
+        "timeout": "1s", "pull_timeout": "300ms", "snapshots": {"dir": str(tmp / "snaps")},
+    } | extra
+    dev = device(dev_id, PROFILES["acme-ht200-throw"], address)
+    return dev, open_bus(dev)
+
+
+def throw(cam: SimCamera, n: int, state: bool = True) -> None:
+    cam.push_event(THROW[0], {THROW[1]: str(state).lower()}, {"Rule": f"r{n}", "VideoSourceConfigurationToken": "vsc"})
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_wrong_password_is_auth_error_and_others_keep_working(tmp_path: Path) -> None:
+    cams = [CameraConfig(name="good", password="pw"), CameraConfig(name="locked", password="other")]
+    async with CameraGroup(cams, discovery_port=None, control_port=None) as g:
+        dev_ok, bus_ok = acme(g["good"], tmp_path, "cam-good")
+        dev_bad, bus_bad = acme(g["locked"], tmp_path, "cam-locked")
+        async with EventCollector(bus_ok) as ok, EventCollector(bus_bad):
+            with pytest.raises(DeviceUnavailable) as e:
+                await bus_bad.read(dev_bad, dev_bad.points)
+            assert e.value.reason == "auth"
+            assert "credentials" in e.value.detail
+            reading = await bus_ok.read(dev_ok, dev_ok.points)
+            assert reading.values["model"] == "SV-100"
+            async with asyncio.timeout(5):
+                await g["good"].wait_subscribed()
+            throw(g["good"], 1)
+            (ev,) = await ok.take(1, 5)
+            assert (ev.device_id, ev.point, ev.value) == ("cam-good", "object_throw", True)
+            # the locked camera saw only failed attempts, bounded by the driver's backoff
+            assert g["locked"].auth_failures <= 4
+
+
+async def test_password_fixed_on_camera_recovers(tmp_path: Path) -> None:
+    async with CameraGroup([CameraConfig(name="c", password="old")], discovery_port=None, control_port=None) as g:
+        dev, bus = acme(g["c"], tmp_path)
+        with pytest.raises(DeviceUnavailable):
+            await bus.read(dev, dev.points)
+        g["c"].set_password("pw")
+        reading = await bus.read(dev, dev.points)
+        assert reading.values["firmware"] == "1.0.0"
+        await bus.close()
+
+
+async def test_clock_skew_is_compensated(tmp_path: Path) -> None:
+    cfg = CameraConfig(name="c", password="pw", clock_offset=-7200, max_skew=30)
+    async with CameraGroup([cfg], discovery_port=None, control_port=None) as g:
+        dev, bus = acme(g["c"], tmp_path)
+        reading = await bus.read(dev, dev.points)
+        assert reading.values["model"] == "SV-100"
+        assert abs(bus.skew + 7200) < 3
+        assert reading.tsd is not None and abs(reading.tsd - (time.time() - 7200)) < 3
+        assert metric("edge_gw_onvif_clock_skew_seconds", bus="cam-a") == pytest.approx(bus.skew)
+        assert g["c"].auth_failures == 0
+        await bus.close()
+
+
+async def test_getcapabilities_fallback_and_uri_credentials_stripped(tmp_path: Path) -> None:
+    cfg = CameraConfig(name="c", password="pw", get_services=False, uri_credentials=True)
+    async with CameraGroup([cfg], discovery_port=None, control_port=None) as g:
+        dev, bus = acme(g["c"], tmp_path)
+        reading = await bus.read(dev, dev.points)
+        assert g["c"].requests.get("GetCapabilities") == 1
+        assert reading.values["stream_uri"] == f"rtsp://127.0.0.1:{g['c'].port}/Streaming/Channels/101"
+        assert reading.values["snapshot_uri"] == f"http://127.0.0.1:{g['c'].port}/onvif/snapshot.jpg"
+        await bus.close()
+
+
+async def test_unreachable_camera(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dev = device("cam-gone", PROFILES["acme-ht200-throw"], {"host": "127.0.0.1", "port": port, "timeout": "1s"})
+    bus = open_bus(dev)
+    with pytest.raises(DeviceUnavailable) as e:
+        await bus.read(dev, dev.points)
+    assert e.value.reason == "unreachable"
+    await bus.close()
+
+
+async def test_slow_camera_times_out_within_budget(tmp_path: Path) -> None:
+    async with CameraGroup([CameraConfig(name="c", password="pw")], discovery_port=None, control_port=None) as g:
+        dev, bus = acme(g["c"], tmp_path)
+        await bus.read(dev, dev.points)
+        g["c"].set_delay(5.0, ["GetDeviceInformation"])
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(DeviceUnavailable) as e:
+            await bus.read(dev, dev.points)
+        assert e.value.reason == "timeout"
+        assert loop.time() - t0 < 2.5  # timeout = 1 s, not the library's 90 s
+        g["c"].clear_faults()
+        await bus.close()
+
+
+async def test_soap_fault_is_a_driver_error(tmp_path: Path) -> None:
+    async with CameraGroup([CameraConfig(name="c", password="pw")], discovery_port=None, control_port=None) as g:
+        dev, bus = acme(g["c"], tmp_path)
+        g["c"].inject_fault("GetDeviceInformation", 1)
+        with pytest.raises(DriverError) as e:
+            await bus.read(dev, dev.points)
+        assert e.value.reason == "soap_fault" and not isinstance(e.value, DeviceUnavailable)
+        assert (await bus.read(dev, dev.points)).values["model"] == "SV-100"
+        await bus.close()
+
+
+async def test_expired_subscription_recovers_without_losing_later_events(tmp_path: Path) -> None:
+    async with CameraGroup([CameraConfig(name="c", password="pw")], discovery_port=None, control_port=None) as g:
+        cam = g["c"]
+        _, bus = acme(cam, tmp_path)
+        async with EventCollector(bus) as col:
+            async with asyncio.timeout(5):
+                await cam.wait_subscribed()
+            throw(cam, 0)
+            await col.take(1, 5)
+            before = metric("edge_gw_onvif_subscriptions_total", bus="cam-a", reason="expired")
+            assert cam.expire_subscriptions() == 1
+            async with asyncio.timeout(5):
+                await cam.wait_subscribed()
+            for i in range(1, 21):
+                throw(cam, i, state=i % 2 == 1)
+            got = await col.take(20, 10)
+            assert [e.attrs["rule"] for e in got if e.attrs] == [f"r{i}" for i in range(1, 21)]
+            assert [e.value for e in got] == [i % 2 == 1 for i in range(1, 21)]
+            assert metric("edge_gw_onvif_subscriptions_total", bus="cam-a", reason="expired") == before + 1
+
+
+async def test_subscription_is_renewed_before_it_ends(tmp_path: Path) -> None:
+    cfg = CameraConfig(name="c", password="pw")
+    async with CameraGroup([cfg], discovery_port=None, control_port=None) as g:
+        cam = g["c"]
+        _, bus = acme(cam, tmp_path, subscription="10s")
+        async with EventCollector(bus) as col:
+            async with asyncio.timeout(5):
+                await cam.wait_subscribed()
+            await asyncio.sleep(8.5)  # 80 % of 10 s
+            assert cam.requests.get("Renew", 0) >= 1
+            assert cam.requests.get("CreatePullPointSubscription") == 1
+            throw(cam, 1)
+            assert (await col.take(1, 5))[0].value is True
+
+
+async def test_camera_reboot_recovers(tmp_path: Path) -> None:
+    async with CameraGroup([CameraConfig(name="c", password="pw")], discovery_port=None, control_port=None) as g:
+        cam = g["c"]
+        dev, bus = acme(cam, tmp_path)
+        async with EventCollector(bus) as col:
+            await bus.read(dev, dev.points)
+            async with asyncio.timeout(5):
+                await cam.wait_subscribed()
+            reboot = asyncio.create_task(cam.reboot(1.5))
+            await asyncio.sleep(0.3)
+            with pytest.raises(DeviceUnavailable) as e:
+                await bus.read(dev, dev.points)
+            assert e.value.reason == "unreachable"
+            await reboot
+            assert cam.boots == 2
+            async with asyncio.timeout(15):
+                await cam.wait_subscribed()
+            for i in range(10):
+                throw(cam, i)
+            got = await col.take(10, 10)
+            assert [e.attrs["rule"] for e in got if e.attrs] == [f"r{i}" for i in range(10)]
+            assert (await bus.read(dev, dev.points)).values["model"] == "SV-100"
+
+
+async def test_unknown_topic_logged_once_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with CameraGroup([CameraConfig(name="c", password="pw")], discovery_port=None, control_port=None) as g:
+        cam = g["c"]
+        _, bus = acme(cam, tmp_path, "cam-unknown")
+        before = metric("edge_gw_onvif_notifications_total", bus="cam-unknown", result="unknown_topic")
+        with caplog.at_level(logging.WARNING, logger="drivers.onvif"):
+            async with EventCollector(bus) as col:
+                async with asyncio.timeout(5):
+                    await cam.wait_subscribed()
+                for _ in range(3):
+                    cam.push_event("tns1:Monitoring/ProcessorUsage", {"Value": "12"}, {"Token": "cpu"})
+                throw(cam, 1)
+                await col.take(1, 5)
+        logged = [r for r in caplog.records if "Monitoring/ProcessorUsage" in r.getMessage()]
+        assert len(logged) == 1 and "SimpleItem" in logged[0].getMessage()  # raw payload in the log
+        assert metric("edge_gw_onvif_notifications_total", bus="cam-unknown", result="unknown_topic") == before + 3
+
+
+async def test_snapshot_retention_and_auth(tmp_path: Path) -> None:
+    cfg = CameraConfig(name="c", password="pw", snapshot_auth="digest")
+    async with CameraGroup([cfg], discovery_port=None, control_port=None) as g:
+        cam = g["c"]
+        dev, bus = acme(cam, tmp_path, "cam-snap", snapshots={"dir": str(tmp_path / "store"), "keep": 2})
+        async with EventCollector(bus) as col:
+            await bus.read(dev, dev.points)
+            async with asyncio.timeout(5):
+                await cam.wait_subscribed()
+            for i in range(3):
+                throw(cam, i)
+            throw(cam, 9, state=False)  # a cleared event takes no snapshot
+            got = await col.take(4, 10)
+        refs = [e.attrs["snapshot"] for e in got if e.attrs and "snapshot" in e.attrs]
+        assert len(refs) == 3 and got[3].attrs is not None and "snapshot" not in got[3].attrs
+        files = sorted((tmp_path / "store" / "cam-snap").glob("*.jpg"))
+        assert [f.name for f in files] == [r.rsplit("/", 1)[1] for r in refs[1:]]  # oldest evicted
+        assert cam.snapshots == 3
+
+
+async def test_snapshot_wrong_credentials_is_marked(tmp_path: Path) -> None:
+    cfg = CameraConfig(name="c", password="pw", snapshot_auth="digest")
+    async with CameraGroup([cfg], discovery_port=None, control_port=None) as g:
+        cam = g["c"]
+        dev, bus = acme(cam, tmp_path, "cam-snap-auth")
+        async with EventCollector(bus) as col:
+            await bus.read(dev, dev.points)
+            async with asyncio.timeout(5):
+                await cam.wait_subscribed()
+            cam.config.snapshot_auth = "basic"  # the profile says digest: the camera refuses us
+            throw(cam, 1)
+            (ev,) = await col.take(1, 10)
+        assert ev.value is True and ev.attrs is not None
+        assert ev.attrs["snapshot_error"] == "auth"
+        assert "snapshot" not in ev.attrs
