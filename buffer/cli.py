@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.record import LANES
@@ -26,6 +28,11 @@ def register(subparsers: Any) -> None:
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--db", dest="buffer_db_sub", metavar="PATH", help="buffer database file")
+        sp.add_argument(
+            "-c", "--config", type=Path,
+            default=Path(os.environ.get("EDGE_GW_CONFIG", "/etc/edge-gateway/gateway.toml")),
+            help="gateway config whose [buffer] path is used when --db is not given",
+        )
         sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     s = sub.add_parser("stats", help="records and bytes by lane, per-uplink backlog")

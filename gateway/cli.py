@@ -282,6 +282,22 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _buffer_command(inner: Any) -> Any:
+    """Run a `buffer` sub-command; without --db the path comes from the config file."""
+
+    def run(args: argparse.Namespace) -> int:
+        if not (getattr(args, "buffer_db_sub", None) or getattr(args, "buffer_db", None)):
+            try:
+                cfg = load_config(args.config)
+            except ConfigError as exc:
+                _print_issues(exc, False)
+                return 1
+            args.buffer_db = str(cfg.resolve_path(cfg.model.buffer.path))
+        return int(inner(args))
+
+    return run
+
+
 def build_parser(with_scan: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-gateway",
@@ -342,6 +358,8 @@ def build_parser(with_scan: bool = True) -> argparse.ArgumentParser:
         from buffer import cli as buffer_cli
 
         buffer_cli.register(sub)
+        bp = sub.choices["buffer"]
+        bp.set_defaults(func=_buffer_command(bp.get_default("func")))
     except ImportError:
         pass
     try:

@@ -297,6 +297,7 @@ def validate_config(
             options=prof.options,
             points=points,
             poll_interval=dev.poll,
+            protocol=prof.driver,
         )
         assert bus_name is not None
         devices[dev.id] = DeviceConfig(dev, spec, prof, cdef, bus_name)

@@ -74,6 +74,7 @@ class DeviceSpec:
     options: Any  # instance of Driver.ProfileOptions (the profile's [driver] table)
     points: tuple[PointSpec, ...]
     poll_interval: float
+    protocol: str = ""  # the profile's ``driver`` value (a bus driver may host several)
 
     def point(self, name: str) -> PointSpec:
         for p in self.points:

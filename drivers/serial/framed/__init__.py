@@ -1,0 +1,1 @@
+"""Declarative framed protocols of simple vendor devices."""
