@@ -269,6 +269,7 @@ class Pipeline:
     ) -> None:
         self._sink = sink
         self.privacy = privacy
+        self._counters: dict[tuple[str, str], Any] = {}
 
     async def submit(self, records: Sequence[Record]) -> None:
         if not records:
@@ -283,7 +284,15 @@ class Pipeline:
                 else:
                     kept.append(r2)
             out = kept
+        if not out:
+            return
+        counts: dict[tuple[str, str], int] = {}
         for r in out:
-            metrics.RECORDS.labels(r.cls, r.kind).inc()
-        if out:
-            await self._sink(out)
+            key = (r.cls, r.kind)
+            counts[key] = counts.get(key, 0) + 1
+        for (cls, kind), n in counts.items():
+            child = self._counters.get((cls, kind))
+            if child is None:
+                child = self._counters[(cls, kind)] = metrics.RECORDS.labels(cls, kind)
+            child.inc(n)
+        await self._sink(out)

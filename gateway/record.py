@@ -35,17 +35,33 @@ LANE_OF_KIND: Final[dict[str, str]] = {
 _uuid_lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+_pool = b""
+_pool_pos = 0
+_POOL_BYTES = 8 * 1024
+
+
+def _random8() -> int:
+    """64 random bits from a pool refilled from os.urandom (one syscall per 1,024 ids)."""
+    global _pool, _pool_pos
+    if _pool_pos + 8 > len(_pool):
+        _pool = os.urandom(_POOL_BYTES)
+        _pool_pos = 0
+    pos = _pool_pos
+    _pool_pos = pos + 8
+    return int.from_bytes(_pool[pos : pos + 8], "big")
 
 
 def uuid7(now_ms: int | None = None) -> str:
     """Return a UUIDv7 (RFC 9562) string: 48-bit Unix ms time, then random bits.
 
-    Within one millisecond a 12-bit counter in ``rand_a`` keeps ids made by this process
-    strictly increasing, so ids sort in capture order.
+    Within one millisecond a 12-bit counter in ``rand_a`` (seeded randomly each new
+    millisecond) keeps ids made by this process strictly increasing, so ids sort in capture
+    order.
     """
     global _last_ms, _counter
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     with _uuid_lock:
+        rnd = _random8()
         if ms <= _last_ms:
             ms = _last_ms
             _counter += 1
@@ -53,16 +69,13 @@ def uuid7(now_ms: int | None = None) -> str:
                 ms += 1
                 _counter = 0
         else:
-            _counter = int.from_bytes(os.urandom(2), "big") & 0x3FF
+            _counter = _random8() & 0x3FF  # random start, room for 3,000+ ids in this ms
         _last_ms = ms
         counter = _counter
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= counter << 64
-    value |= 0b10 << 62
-    value |= rand_b
-    return str(uuid.UUID(int=value))
+    value = ((ms & 0xFFFFFFFFFFFF) << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62)
+    value |= rnd & 0x3FFFFFFFFFFFFFFF
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def uuid7_time(value: str) -> float:
