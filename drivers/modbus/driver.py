@@ -1,0 +1,380 @@
+"""The Modbus driver: Modbus TCP, RTU on a serial port, RTU over TCP (serial servers, DTUs).
+
+One ``ModbusBus`` (hub) per configured bus owns one link and an ``asyncio.Lock``; the core
+polls devices concurrently and the hub serialises them onto the line. A Modbus TCP device
+configured without a ``bus`` gets a bus of its own from its address (``implicit_bus``).
+
+Failure policy of a poll (the core does the backoff, offline/online and quality):
+
+* No answer to the first request of a poll -> ``DeviceUnavailable`` at once: a dead device
+  costs one timeout per probe and never stalls the other devices on its line longer.
+* Corrupt answers (CRC, truncated, malformed) and timeouts after the device already answered
+  in this poll are retried ``retries`` times.
+* A Modbus exception (e.g. 02 illegal data address for one block) fails only the points of
+  that request; the reason names the exception.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from drivers.modbus import codec, metrics
+from drivers.modbus.schema import BusOptions, DeviceAddress, PointAddress, ProfileOptions
+from drivers.modbus.transport import Link, LinkError, make_link
+from gateway.plugin import (
+    Bus,
+    BusSpec,
+    DeviceSpec,
+    DeviceUnavailable,
+    Driver,
+    DriverError,
+    PointSpec,
+    RawValue,
+    Reading,
+    WriteRejected,
+)
+
+log = logging.getLogger("drivers.modbus")
+
+# Exceptions worth one more try after a short pause (the device said "not now").
+_BUSY_CODES = frozenset({5, 6})
+_BUSY_PAUSE = 0.05
+
+
+class _Plan:
+    """Read plan of one device for one set of points (pure data, from ``codec.plan_reads``)."""
+
+    __slots__ = ("blocks", "specs")
+
+    def __init__(self, blocks: list[codec.ReadBlock], specs: dict[str, codec.ValueSpec]) -> None:
+        self.blocks = blocks
+        self.specs = specs
+
+
+def _profile_options(device: DeviceSpec) -> ProfileOptions:
+    opts = device.options
+    return opts if isinstance(opts, ProfileOptions) else ProfileOptions()
+
+
+def _device_address(device: DeviceSpec) -> DeviceAddress:
+    addr = device.address
+    if isinstance(addr, DeviceAddress):
+        return addr
+    if isinstance(addr, Mapping):
+        return DeviceAddress.model_validate(addr)
+    return DeviceAddress()
+
+
+def point_spec(device: DeviceSpec, point: PointSpec) -> codec.ValueSpec:
+    addr = point.address
+    if not isinstance(addr, PointAddress):
+        addr = PointAddress.model_validate(addr)
+    return addr.spec(_profile_options(device).order)
+
+
+def make_plan(device: DeviceSpec, points: Sequence[PointSpec], bus_max_gap: int) -> _Plan:
+    """Pure: the read requests for ``points`` of ``device`` (profile and device limits)."""
+    opts = _profile_options(device)
+    addr = _device_address(device)
+    specs: dict[str, codec.ValueSpec] = {}
+    spans: list[codec.Span] = []
+    for p in points:
+        if p.address is None:
+            continue
+        spec = point_spec(device, p)
+        specs[p.name] = spec
+        spans.append(codec.Span(p.name, spec.table, spec.offset, spec.count))
+    max_regs = min(opts.max_registers, addr.max_registers or codec.MAX_READ_REGISTERS)
+    gap = opts.max_gap if opts.max_gap is not None else bus_max_gap
+    blocks = codec.plan_reads(spans, max_registers=max_regs, max_bits=opts.max_bits, max_gap=gap)
+    return _Plan(blocks, specs)
+
+
+class ModbusBus(Bus):
+    """Hub of one Modbus line or endpoint."""
+
+    def __init__(self, spec: BusSpec, link: Link | None = None) -> None:
+        super().__init__(spec)
+        options = spec.options
+        if not isinstance(options, BusOptions):
+            options = BusOptions.model_validate(options)
+        self.options: BusOptions = options
+        self.link = link or make_link(spec.name, options)
+        self.lock = asyncio.Lock()
+        self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
+        self._failures: dict[str, Any] = {}
+        self._exceptions: dict[int, Any] = {}
+        self._retries = metrics.RETRIES.labels(spec.name)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        if self.options.transport == "rtu":
+            try:
+                await self.link.connect()
+            except LinkError as exc:
+                raise DriverError(
+                    "port_unavailable", f"{self.options.port}: {exc.detail}"
+                ) from None
+        # TCP endpoints connect on first use: an unreachable device is an offline device,
+        # not a configuration error.
+
+    async def close(self) -> None:
+        try:
+            await self.link.close()
+        except Exception:  # close must not raise
+            log.debug("bus %s: error while closing", self.spec.name, exc_info=True)
+
+    def attach(self, device: DeviceSpec) -> None:
+        addr = _device_address(device)
+        if addr.host is not None and self.spec.name != device.id:
+            raise DriverError(
+                "config",
+                f"device {device.id}: address.host is only for devices without a bus "
+                f"(bus {self.spec.name} sets the endpoint)",
+            )
+        self._plan(device, device.points)
+
+    def requests_per_poll(self, device: DeviceSpec) -> int:
+        return len(self._plan(device, device.points).blocks)
+
+    def _plan(self, device: DeviceSpec, points: Sequence[PointSpec]) -> _Plan:
+        key = (device.id, tuple(p.name for p in points))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = make_plan(device, points, self.options.max_gap)
+        return plan
+
+    # ------------------------------------------------------------------ requests
+
+    def _failed(self, reason: str) -> None:
+        c = self._failures.get(reason)
+        if c is None:
+            c = self._failures[reason] = metrics.FAILURES.labels(self.spec.name, reason)
+        c.inc()
+
+    def _exception(self, code: int) -> None:
+        c = self._exceptions.get(code)
+        if c is None:
+            c = self._exceptions[code] = metrics.EXCEPTIONS.labels(self.spec.name, f"{code:02d}")
+        c.inc()
+
+    async def _request(
+        self, unit: int, pdu: bytes, reply_s: float, *, retry_timeouts: bool
+    ) -> list[int] | list[bool] | None:
+        """One request with the retry policy; caller holds the lock."""
+        attempts = 1 + self.options.retries
+        busy_retry = True
+        last: LinkError | None = None
+        for attempt in range(attempts):
+            if attempt:
+                self._retries.inc()
+            answer = b""
+            try:
+                answer = await self.link.exchange(unit, pdu, reply_s)
+                return codec.parse_response(pdu, answer)
+            except codec.ModbusExceptionResponse as exc:
+                self._exception(exc.code)
+                if exc.code in _BUSY_CODES and busy_retry:
+                    busy_retry = False
+                    await asyncio.sleep(_BUSY_PAUSE)
+                    try:
+                        answer = await self.link.exchange(unit, pdu, reply_s)
+                        return codec.parse_response(pdu, answer)
+                    except codec.ModbusExceptionResponse as exc2:
+                        self._exception(exc2.code)
+                        raise exc2 from None
+                raise
+            except codec.MalformedFrame as exc:
+                self.link.discard(len(answer))
+                self._failed(exc.reason)
+                last = LinkError(exc.reason, exc.detail, answered=True)
+            except LinkError as exc:
+                self._failed(exc.reason)
+                last = exc
+                if exc.reason in ("connect_failed", "connect_timeout", "connection"):
+                    await self.link.close()
+                    if exc.reason != "connection":
+                        break  # the endpoint is not there: retrying now will not help
+                if exc.reason == "timeout" and not retry_timeouts:
+                    break
+        assert last is not None
+        raise last
+
+    def _timeout(self, device: DeviceSpec) -> float:
+        t = _device_address(device).timeout
+        return float(t) if t is not None else float(self.options.timeout)
+
+    async def read(self, device: DeviceSpec, points: Sequence[PointSpec]) -> Reading:
+        plan = self._plan(device, points)
+        unit = _device_address(device).unit
+        reply_s = self._timeout(device)
+        reading = Reading()
+        answered = False
+        async with self.lock:
+            for block in plan.blocks:
+                pdu = codec.build_read(block.table, block.start, block.count)
+                reading.requests += 1
+                try:
+                    data = await self._request(unit, pdu, reply_s, retry_timeouts=answered)
+                except codec.ModbusExceptionResponse as exc:
+                    answered = True
+                    for span in block.members:
+                        reading.errors[span.key] = exc.reason
+                    continue
+                except LinkError as exc:
+                    if not answered and not exc.answered:
+                        raise DeviceUnavailable(exc.reason, exc.detail) from None
+                    # a corrupt answer proves nothing usable: it does not make the device "up"
+                    for span in block.members:
+                        reading.errors[span.key] = exc.reason
+                    continue
+                answered = True
+                assert data is not None
+                for span in block.members:
+                    words = codec.slice_block(block, data, span)
+                    try:
+                        if block.table in codec.BIT_TABLES:
+                            reading.values[span.key] = bool(words[0])
+                        else:
+                            reading.values[span.key] = codec.decode_registers(
+                                plan.specs[span.key], words
+                            )
+                    except codec.CodecError as exc:
+                        reading.errors[span.key] = exc.reason
+        if not answered:
+            reason = next(iter(reading.errors.values()), "no_answer")
+            raise DeviceUnavailable(reason, "no usable answer to any request")
+        return reading
+
+    # ------------------------------------------------------------------ writes
+
+    async def write(self, device: DeviceSpec, point: PointSpec, value: RawValue) -> RawValue:
+        if point.address is None:
+            raise WriteRejected("not_addressed", f"{point.name} has no address")
+        spec = point_spec(device, point)
+        addr = (
+            point.address
+            if isinstance(point.address, PointAddress)
+            else PointAddress.model_validate(point.address)
+        )
+        if spec.table not in ("coil", "holding"):
+            metrics.WRITES.labels("rejected").inc()
+            raise WriteRejected("read_only", f"{point.name} is in the {spec.table} table")
+        if isinstance(value, bytes) or value is None:
+            metrics.WRITES.labels("rejected").inc()
+            raise WriteRejected("bad_value", f"cannot write {value!r}")
+        unit = _device_address(device).unit
+        reply_s = self._timeout(device)
+        async with self.lock:
+            try:
+                written = await self._write_locked(unit, spec, addr, value, reply_s)
+                if not addr.verify or unit == 0:
+                    metrics.WRITES.labels("ok").inc()
+                    return value
+                back = await self._read_value(unit, spec, reply_s)
+            except codec.ModbusExceptionResponse as exc:
+                metrics.WRITES.labels("rejected").inc()
+                raise WriteRejected(exc.reason, exc.detail) from None
+            except codec.CodecError as exc:
+                metrics.WRITES.labels("rejected").inc()
+                raise WriteRejected(exc.reason, exc.detail) from None
+            except LinkError as exc:
+                metrics.WRITES.labels("failed").inc()
+                raise DeviceUnavailable(exc.reason, exc.detail) from None
+        if written is not None and back[0] != written:
+            metrics.WRITES.labels("verify_mismatch").inc()
+            raise WriteRejected(
+                "verify_mismatch", f"{point.name}: wrote {value!r}, device reads back {back[1]!r}"
+            )
+        metrics.WRITES.labels("ok").inc()
+        return back[1]
+
+    async def _write_locked(
+        self, unit: int, spec: codec.ValueSpec, addr: PointAddress, value: Any, reply_s: float
+    ) -> Any:
+        """Send the write; returns what a correct read-back must show (words or a bit)."""
+        if spec.table == "coil":
+            bit = bool(value)
+            pdu = (
+                codec.build_write_coils(spec.offset, [bit])
+                if addr.write_fc == 15
+                else codec.build_write_coil(spec.offset, bit)
+            )
+            await self._request(unit, pdu, reply_s, retry_timeouts=True)
+            return [int(bit)]
+        if spec.bit is not None:
+            current = await self._request(
+                unit,
+                codec.build_read("holding", spec.offset, spec.count),
+                reply_s,
+                retry_timeouts=True,
+            )
+            assert current is not None
+            words = codec.merge_bits(spec, [int(x) for x in current], int(value))
+        else:
+            if spec.type == "bool":
+                value = bool(value)
+            words = codec.encode_value(spec, value)
+        if len(words) == 1 and addr.write_fc != 16:
+            pdu = codec.build_write_register(spec.offset, words[0])
+        else:
+            pdu = codec.build_write_registers(spec.offset, words)
+        await self._request(unit, pdu, reply_s, retry_timeouts=True)
+        return words
+
+    async def _read_value(
+        self, unit: int, spec: codec.ValueSpec, reply_s: float
+    ) -> tuple[list[int], RawValue]:
+        data = await self._request(
+            unit,
+            codec.build_read(spec.table, spec.offset, spec.count),
+            reply_s,
+            retry_timeouts=True,
+        )
+        assert data is not None
+        words = [int(x) for x in data]
+        if spec.table in codec.BIT_TABLES:
+            return words, bool(words[0])
+        return words, codec.decode_registers(spec, words)
+
+
+class ModbusDriver(Driver):
+    name: ClassVar[str] = "modbus"
+    version: ClassVar[str] = "1.0.0"
+    description: ClassVar[str] = "Modbus TCP, Modbus RTU (RS-485) and RTU over TCP"
+    BusOptions = BusOptions
+    DeviceAddress = DeviceAddress
+    PointAddress = PointAddress
+    ProfileOptions = ProfileOptions
+    implicit_bus: ClassVar[bool] = True
+
+    def open_bus(self, spec: BusSpec) -> Bus:
+        return ModbusBus(spec)
+
+    def implicit_bus_options(self, device_address: Any) -> Any:
+        addr = (
+            device_address
+            if isinstance(device_address, DeviceAddress)
+            else DeviceAddress.model_validate(device_address)
+        )
+        if addr.host is None:
+            raise ValueError(
+                "a Modbus device without a bus needs address.host (Modbus TCP), "
+                "or put it on a [[buses]] entry"
+            )
+        return BusOptions(transport=addr.transport, host=addr.host, port=addr.port)
+
+    def add_scan_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from drivers.modbus import scan
+
+        scan.add_arguments(parser)
+
+    async def scan(self, args: argparse.Namespace) -> list[Mapping[str, Any]]:
+        from drivers.modbus import scan
+
+        return await scan.run(self, args)

@@ -1,0 +1,1 @@
+"""Modbus device simulator (independent of the gateway's codec and profiles)."""
