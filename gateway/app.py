@@ -71,6 +71,7 @@ class GatewayApp:
             **self._downsample_kwargs(),
         )
         await self.buffer.start()
+        self._init_metric_series(cfg)
         self.pipeline = Pipeline(self._sink, self._privacy_policy())
         await self.pipeline.submit([self._gw_record("status", "started")])
         self.commands = CommandService(
@@ -91,6 +92,20 @@ class GatewayApp:
         log.info(
             "gateway %s started: %d devices on %d buses, %d uplinks",
             cfg.gw_id, len(cfg.devices), len(self.runners), len(self.uplinks),
+        )
+
+    def _init_metric_series(self, cfg: Config) -> None:
+        from gateway.record import LANES
+
+        metrics.init_series(
+            devices=[
+                (d.spec.id, d.spec.cls, cfg.buses[d.bus].driver)
+                for d in cfg.devices.values()
+                if d.section.enabled and d.bus in cfg.buses
+            ],
+            drivers={b.driver for b in cfg.buses.values()},
+            lanes=LANES,
+            uplinks=[u.name for u in cfg.uplinks],
         )
 
     def _downsample_kwargs(self) -> dict[str, Any]:
@@ -247,14 +262,19 @@ class GatewayApp:
         self._stop.set()
 
     def _notify_ready(self) -> None:
-        try:
-            from gateway import sdnotify
-        except ImportError:
-            return
-        with contextlib.suppress(Exception):
-            sdnotify.ready()
-            self._notify_status()
-            self.watchdog = sdnotify.Watchdog(health=self._healthy)
+        """READY=1 and STATUS= to systemd (no-ops outside it), and start the event-loop
+        monitor. The monitor always runs: it exports ``edge_gw_event_loop_lag_seconds`` with
+        or without systemd, and pings the systemd watchdog only when one is configured."""
+        from gateway import sdnotify
+
+        sdnotify.ready()
+        self._notify_status()
+        if self.watchdog is None:
+            try:
+                self.watchdog = sdnotify.Watchdog(health=self._healthy)
+            except ValueError as exc:  # a malformed WATCHDOG_USEC must not stop the daemon
+                log.error("systemd watchdog settings ignored: %s", exc)
+                self.watchdog = sdnotify.Watchdog(health=self._healthy, environ={})
             self.watchdog.start()
 
     def _notify_status(self) -> None:

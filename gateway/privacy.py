@@ -59,9 +59,9 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Literal
 
-from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.metrics import PRIVACY_ACTIONS
 from gateway.record import Record
 from gateway.types import Duration, Secret
 
@@ -88,17 +88,6 @@ MIN_KEY_LENGTH: Final = 16
 TOKEN_PREFIX: Final = "hm_"
 AGGREGATE_POINT: Final = "access_count"
 DEFAULT_AGGREGATE_INTERVAL: Final = 900.0
-
-# ---------------------------------------------------------------------------------------
-# metrics
-
-PRIVACY_ACTIONS = Counter(
-    "edge_gw_privacy_actions",
-    "Privacy policy actions applied before the buffer, by field selector (a configured rule "
-    "selector such as attrs.card_no, or detected:<kind> for pattern/binary detection) and "
-    "action (drop, hmac, mask, generalise, aggregate, fail_closed)",
-    ["field", "action"],
-)
 
 # ---------------------------------------------------------------------------------------
 # configuration model

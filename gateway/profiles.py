@@ -56,6 +56,7 @@ UNIT_CONVERSIONS: dict[tuple[str, str], tuple[float, float]] = {
     ("MJ", "kWh"): (1e6 / 3.6e6, 0.0),
     ("kW", "W"): (1000.0, 0.0),
     ("kvar", "var"): (1000.0, 0.0),
+    ("kVA", "VA"): (1000.0, 0.0),
     ("MW", "W"): (1e6, 0.0),
     ("mV", "V"): (0.001, 0.0),
     ("kV", "V"): (1000.0, 0.0),

@@ -1,4 +1,4 @@
-"""A small sd_notify(3) client and an event-loop watchdog (standard library only).
+"""A small sd_notify(3) client and an event-loop watchdog (standard library sockets).
 
 Under systemd (``Type=notify``) the service manager passes ``NOTIFY_SOCKET`` (a path, or an
 abstract socket name starting with ``@``) and, with ``WatchdogSec=``, ``WATCHDOG_USEC`` and
@@ -8,7 +8,8 @@ abstract socket name starting with ``@``) and, with ``WatchdogSec=``, ``WATCHDOG
 fires) and sends ``WATCHDOG=1`` every ``WATCHDOG_USEC / 2`` ONLY while the loop is healthy:
 the lag stayed under a threshold since the last ping and the optional health callback
 returns true. A hung or starved loop therefore stops the pings and systemd restarts the
-process. The lag is exported as ``edge_gw_event_loop_lag_seconds``.
+process. The lag is exported as ``edge_gw_event_loop_lag_seconds`` (metrics are defined in
+:mod:`gateway.metrics`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Final
 
-from prometheus_client import Counter, Histogram
+from gateway.metrics import EVENT_LOOP_LAG, WATCHDOG_PINGS, WATCHDOG_WITHHELD
 
 __all__ = [
     "EVENT_LOOP_LAG",
@@ -39,21 +40,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-EVENT_LOOP_LAG = Histogram(
-    "edge_gw_event_loop_lag_seconds",
-    "How late the watchdog's periodic timer fired on the asyncio event loop",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-)
-WATCHDOG_PINGS = Counter(
-    "edge_gw_watchdog_pings",
-    "WATCHDOG=1 notifications sent to the service manager",
-)
-WATCHDOG_WITHHELD = Counter(
-    "edge_gw_watchdog_withheld",
-    "Watchdog pings withheld because the event loop lagged or a health check failed",
-    ["reason"],
-)
 
 _STATUS_MAX: Final = 200
 

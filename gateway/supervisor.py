@@ -57,7 +57,7 @@ class DeviceRunner:
         self.polls = 0
         self._rng = random.Random()
         self._up = metrics.DEVICE_UP.labels(device.spec.id, device.spec.cls, driver.name)
-        self._dur = metrics.POLL_DURATION.labels(driver.name)
+        self._dur = metrics.POLL_DURATION.labels(device.spec.id, driver.name)
         self._ok = metrics.POLLS.labels(driver.name, "ok")
         self._fail = metrics.POLLS.labels(driver.name, "failed")
 
