@@ -158,7 +158,10 @@ class ApiServer:
         if dev_id not in self.gw.config.devices:
             return _problem(404, "unknown device", dev_id)
         tr = self.gw.trackers.get(dev_id)
-        latest = dict(tr.latest) if tr else {}
+        latest = {
+            pt: {"v": r.v, "q": r.q, "ts": r.ts, "u": r.u, "kind": r.kind}
+            for pt, r in (tr.latest.items() if tr else ())
+        }
         return _json({"device": dev_id, "points": latest})
 
     async def command(self, request: web.Request) -> web.Response:

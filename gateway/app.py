@@ -72,7 +72,7 @@ class GatewayApp:
         )
         await self.buffer.start()
         self._init_metric_series(cfg)
-        self.pipeline = Pipeline(self._sink, self._privacy_policy())
+        self.pipeline = Pipeline(self._sink, self._privacy_policy(), observe=self._observe)
         await self.pipeline.submit([self._gw_record("status", "started")])
         self.commands = CommandService(
             cfg.devices, self._bus_of, self.buffer, self._emit, cfg.gw_id, self._written
@@ -166,7 +166,8 @@ class GatewayApp:
 
     async def _command_handler(self, cmd: dict[str, Any]) -> dict[str, Any]:
         assert self.commands is not None
-        return await self.commands.execute(cmd, source="uplink")
+        # the uplink names itself (e.g. "mqtt:city") so the audit says where a command came from
+        return await self.commands.execute(cmd, source=str(cmd.get("source") or "uplink"))
 
     def status_message(self) -> dict[str, Any]:
         return {
@@ -187,6 +188,11 @@ class GatewayApp:
         except BufferRefused as exc:
             metrics.INGEST_REFUSED.labels(exc.reason).inc(len(records))
             log.warning("buffer refused %d records: %s", len(records), exc.reason)
+
+    def _observe(self, record: Record) -> None:
+        tracker = self.trackers.get(record.dev)
+        if tracker is not None:
+            tracker.latest[record.pt] = record
 
     def _written(self, dev_id: str, point: str, value: Any, ts: float) -> None:
         tracker = self.trackers.get(dev_id)

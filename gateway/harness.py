@@ -44,7 +44,7 @@ class DeviceHarness:
         self.records: list[Record] = []
         self._seq = itertools.count(1)
         self._new = asyncio.Event()
-        self.pipeline = Pipeline(self._sink, privacy)
+        self.pipeline = Pipeline(self._sink, privacy, observe=self._observe)
         self.trackers = make_trackers(config)
         self.runners: dict[str, BusRunner] = {}
         self.audit = _MemoryAudit()
@@ -62,6 +62,11 @@ class DeviceHarness:
     def from_text(cls, text: str, base_dir: str | Path = ".") -> DeviceHarness:
         file = Path(base_dir) / "config.toml"
         return cls(validate_config(tomllib.loads(text), file=file, text=text))
+
+    def _observe(self, record: Record) -> None:
+        tracker = self.trackers.get(record.dev)
+        if tracker is not None:
+            tracker.latest[record.pt] = record
 
     async def _sink(self, records: Sequence[Record]) -> None:
         for r in records:

@@ -57,7 +57,7 @@ class DeviceTracker:
     stale_sent: bool = False
     sent: dict[str, Value | None] = field(default_factory=dict)  # last value sent per point
     sent_at: dict[str, float] = field(default_factory=dict)
-    latest: dict[str, dict[str, Any]] = field(default_factory=dict)  # API view per point
+    latest: dict[str, Record] = field(default_factory=dict)  # last record sent per point (after privacy)
     bad_points: set[str] = field(default_factory=set)
     active_rules: dict[int, bool] = field(default_factory=dict)
     _rules_by_source: dict[str, list[tuple[int, EventRule]]] = field(default_factory=dict)
@@ -66,6 +66,7 @@ class DeviceTracker:
         for i, rule in enumerate(self.profile.events):
             self._rules_by_source.setdefault(rule.source, []).append((i, rule))
         self._rule_points = {r.point for r in self.profile.events}
+        self._unchanged = metrics.PIPELINE_DROPS.labels("unchanged")
 
     # ------------------------------------------------------------------ helpers
     def _rec(
@@ -83,7 +84,7 @@ class DeviceTracker:
             pt, unit = pm_or_pt, None
         else:
             pt, unit = pm_or_pt.name, pm_or_pt.pdef.unit
-        rec = Record(
+        return Record(
             gw=self.gw,
             dev=self.dev,
             cls=self.cls,
@@ -97,8 +98,6 @@ class DeviceTracker:
             attrs=attrs,
             tsd=tsd,
         )
-        self.latest[pt] = {"v": v, "q": q, "ts": ts, "u": unit, "kind": kind}
-        return rec
 
     def _lifecycle(self, online: bool, ts: float, reason: str | None = None) -> Record:
         attrs = {"reason": reason} if reason else None
@@ -154,13 +153,11 @@ class DeviceTracker:
         if kind == "event" and name not in self._rule_points:
             # direct event point: transitions of a bool, every change of a string/number
             if name in self.sent and last == value and not recovered:
-                self.latest[name] = {"v": value, "q": "good", "ts": ts, "u": None, "kind": kind}
                 return out
             first = name not in self.sent
             self.sent[name] = value
             if isinstance(value, bool):
                 if first and not value:  # initial "no alarm" is a state, not an event
-                    self.latest[name] = {"v": value, "q": "good", "ts": ts, "u": None, "kind": kind}
                     return out
                 sev = pm.pdef.severity if value else "info"
                 out.append(self._rec(pm, "event", value, ts, sev=sev, tsd=tsd))
@@ -179,8 +176,7 @@ class DeviceTracker:
                 self.sent_at[name] = ts
                 out.append(self._rec(pm, kind, value, ts, tsd=tsd))
             else:
-                metrics.PIPELINE_DROPS.labels("unchanged").inc()
-                self.latest[name] = {"v": value, "q": "good", "ts": ts, "u": pm.pdef.unit, "kind": kind}
+                self._unchanged.inc()
         for idx, rule in self._rules_by_source.get(name, ()):
             was = self.active_rules.get(idx, False)
             now_active = rule_active(rule, value, was)
@@ -199,13 +195,8 @@ class DeviceTracker:
     def note_written(self, point: str, value: Value, ts: float) -> None:
         """A command wrote ``value`` and the gateway already reported it: remember it so the
         next poll does not report the same change again."""
-        pm = self.profile.points.get(point)
         self.sent[point] = value
         self.sent_at[point] = ts
-        self.latest[point] = {
-            "v": value, "q": "good", "ts": ts,
-            "u": pm.pdef.unit if pm else None, "kind": pm.pdef.kind if pm else "state",
-        }
 
     def on_failure(self, reason: str, ts: float) -> list[Record]:
         """The device did not answer a poll."""
@@ -266,9 +257,11 @@ class Pipeline:
         self,
         sink: Callable[[Sequence[Record]], Awaitable[None]],
         privacy: PrivacyHook | None = None,
+        observe: Callable[[Record], None] | None = None,
     ) -> None:
         self._sink = sink
         self.privacy = privacy
+        self._observe = observe
         self._counters: dict[tuple[str, str], Any] = {}
 
     async def submit(self, records: Sequence[Record]) -> None:
@@ -287,7 +280,10 @@ class Pipeline:
         if not out:
             return
         counts: dict[tuple[str, str], int] = {}
+        observe = self._observe
         for r in out:
+            if observe is not None:
+                observe(r)
             key = (r.cls, r.kind)
             counts[key] = counts.get(key, 0) + 1
         for (cls, kind), n in counts.items():

@@ -60,8 +60,14 @@ def uuid7(now_ms: int | None = None) -> str:
     """
     global _last_ms, _counter
     ms = int(time.time() * 1000) if now_ms is None else now_ms
+    global _pool, _pool_pos
     with _uuid_lock:
-        rnd = _random8()
+        pos = _pool_pos
+        if pos + 8 > len(_pool):
+            _pool = os.urandom(_POOL_BYTES)
+            pos = 0
+        _pool_pos = pos + 8
+        rnd = int.from_bytes(_pool[pos : pos + 8], "big")
         if ms <= _last_ms:
             ms = _last_ms
             _counter += 1

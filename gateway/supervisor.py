@@ -94,7 +94,8 @@ class DeviceRunner:
         self.polls += 1
         guard = max(30.0, 3 * spec.poll_interval)
         try:
-            reading = await asyncio.wait_for(self.bus.read(spec, spec.points), timeout=guard)
+            async with asyncio.timeout(guard):  # a hung driver must not stall this device forever
+                reading = await self.bus.read(spec, spec.points)
         except DeviceUnavailable as exc:
             records = self._failed(exc.reason, exc, loop.time())
         except DriverError as exc:

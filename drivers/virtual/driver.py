@@ -61,8 +61,8 @@ class VirtualPointAddress(StrictModel):
 
 
 def _device_seed(device: DeviceSpec) -> int:
-    seed = getattr(device.address, "seed", None)
-    return seed if seed is not None else zlib.crc32(device.id.encode())
+    seed = device.address.seed
+    return int(seed) if seed is not None else zlib.crc32(device.id.encode())
 
 
 class VirtualBus(Bus):
@@ -96,15 +96,19 @@ class VirtualBus(Bus):
             await asyncio.sleep(opts.latency)
         self._check_up(device)
         now = time.time()
-        rng = self._rng.setdefault(device.id, random.Random(_device_seed(device)))
-        reading = Reading(requests=1)
+        seed = _device_seed(device)
+        rng = self._rng.get(device.id)
+        if rng is None:
+            rng = self._rng[device.id] = random.Random(seed)
+        values = {}
+        written = self._written
         for p in points:
             key = (device.id, p.name)
-            if key in self._written:
-                reading.values[p.name] = self._written[key]
-                continue
-            reading.values[p.name] = self._generate(p.address, key, rng, now, _device_seed(device))
-        return reading
+            if key in written:
+                values[p.name] = written[key]
+            else:
+                values[p.name] = self._generate(p.address, key, rng, now, seed)
+        return Reading(values=values, requests=1)
 
     def _generate(
         self, a: VirtualPointAddress, key: tuple[str, str], rng: random.Random, now: float, seed: int
