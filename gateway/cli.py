@@ -256,11 +256,16 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     drv = args.scan_driver
+    from gateway.plugin import DriverError
+
     try:
         rows = asyncio.run(drv.scan(args))
     except NotImplementedError as exc:
         err.print(str(exc))
         return 2
+    except DriverError as exc:
+        err.print(f"[red]scan failed:[/] {exc}", highlight=False)
+        return 1
     rows = [dict(r) for r in rows]
     if args.json:
         _emit_json({"found": rows})

@@ -54,19 +54,32 @@ def link_settings(o: BusOptions) -> LinkSettings:
 
 
 def device_protocol(device: DeviceSpec) -> str:
-    """The device's protocol: the profile's driver value when the core passes it, else
-    inferred from the point addresses (``di`` / ``field`` / ``frame``/``event``)."""
-    declared = getattr(device, "protocol", None)
-    if isinstance(declared, str) and declared in PROTOCOLS:
+    """The device's protocol: the profile's ``driver`` value, which the core passes as
+    ``DeviceSpec.protocol``. Every point address must belong to it (one profile is one
+    protocol). Only when a caller leaves ``protocol`` empty is it inferred from the point
+    addresses (``di`` / ``field`` / ``frame``, ``event``)."""
+    kinds: dict[str, list[str]] = {}
+    for p in device.points:
+        if p.address is not None:
+            kinds.setdefault(p.address.protocol, []).append(p.name)
+    declared = device.protocol
+    if declared:
+        if declared not in PROTOCOLS:
+            raise DriverError("config", f"device {device.id}: profile {device.profile} names protocol "
+                              f"{declared!r}; the serial driver speaks {', '.join(sorted(PROTOCOLS))}")
+        foreign = {k: v for k, v in kinds.items() if k != declared}
+        if foreign:
+            detail = "; ".join(f"{', '.join(v)} addressed for {k}" for k, v in sorted(foreign.items()))
+            raise DriverError("config", f"device {device.id}: profile {device.profile} is a {declared} "
+                              f"profile but has points of another protocol ({detail})")
         return declared
-    kinds: set[str] = {p.address.protocol for p in device.points if p.address is not None}
     if len(kinds) != 1:
         raise DriverError(
             "config",
             f"device {device.id}: profile {device.profile} mixes point addresses of "
             f"{sorted(kinds) or 'no'} protocol(s); one profile is one protocol",
         )
-    return kinds.pop()
+    return next(iter(kinds))
 
 
 class SerialBus(Bus):
@@ -216,6 +229,8 @@ class SerialBus(Bus):
             await self.link.send_only(frame)
         except LinkError as exc:
             log.warning("bus %s: cannot acknowledge an event frame: %s", self.spec.name, exc)
+        except Exception:  # a bug here must not go unnoticed, nor stop the bus
+            log.exception("bus %s: acknowledging an event frame failed", self.spec.name)
 
     async def _event_stream(self) -> AsyncIterator[RawEvent]:
         while True:

@@ -85,7 +85,7 @@ class Link:
         self.bus = bus
         self.on_idle_data = on_idle_data
         self.lock = asyncio.Lock()
-        self._transport: asyncio.BaseTransport | None = None
+        self._transport: asyncio.Transport | None = None
         self._rx: asyncio.Queue[bytes] | None = None
         self._echo: bytes = b""
         self._held: bytes = b""
@@ -119,6 +119,7 @@ class Link:
             metrics.RECONNECTS.labels(self.bus, "failed").inc()
             raise LinkError("port", f"cannot open {s.port}: {exc}") from exc
         metrics.RECONNECTS.labels(self.bus, "ok").inc()
+        # uvloop's transports do not register with the asyncio ABCs: no isinstance checks
         self._transport = transport
         self._lost = loop.create_future()
         self._last_activity = time.monotonic()
@@ -186,7 +187,6 @@ class Link:
             raise LinkError("port", f"{self.settings.port} is not open")
         if self.settings.echo:
             self._echo, self._held = data, b""
-        assert isinstance(transport, asyncio.WriteTransport)
         transport.write(data)
         self._last_activity = time.monotonic()
 

@@ -27,7 +27,8 @@ def device(dev_id: str, profile_id: str, addr: str | int, *, poll: float = 1.0, 
         PointSpec(pm.name, pm.address, pm.writable, pm.pdef.type)
         for pm in prof.read_points
     )
-    return DeviceSpec(dev_id, prof.cls, prof.id, DeviceAddress(addr=addr, **extra), prof.options, points, poll)
+    return DeviceSpec(dev_id, prof.cls, prof.id, DeviceAddress(addr=addr, **extra), prof.options, points, poll,
+                      protocol=prof.driver)
 
 
 def bus(port: str, name: str = "test-bus", **opts: Any) -> SerialBus:

@@ -18,7 +18,7 @@ SIM = {
         {"protocol": "dlt645", "address": "000000000001", "model": "single_phase", "quirks": {"fe": 4}},
         {"protocol": "dlt645", "address": "000000000002", "model": "single_phase", "quirks": {"silent": True}},
         {"protocol": "dlt645", "address": "000000000003", "model": "single_phase",
-         "quirks": {"slow_first_byte": 0.3, "echo": True}},
+         "quirks": {"slow_first_byte": 0.15, "echo": True}},
         {"protocol": "dlt645", "address": "000000000004", "model": "single_phase", "quirks": {"fe": 0, "junk": 3}},
         {"protocol": "dlt645", "address": "000000000005", "model": "three_phase", "quirks": {"fe": 2}},
         {"protocol": "dlt645", "address": "000000000006", "model": "three_phase"},
@@ -223,7 +223,7 @@ async def test_framed_poll_and_unsolicited_events_and_tcp_transport() -> None:
         got = [await asyncio.wait_for(events.__anext__(), 3) for _ in range(3)]
         by_point = {(e.device_id, e.point): e for e in got}
         granted = by_point[("door-1", "access_granted")]
-        assert granted.value == 2 and granted.attrs == {"card": "00012345", "door": 2}
+        assert granted.value == 2 and granted.attrs == {"card_no": "00012345", "door": 2}
         assert by_point[("pillar-1", "button")].value is True
         assert by_point[("door-1", "door_forced")].value is True
         await asyncio.sleep(0.3)
@@ -255,3 +255,43 @@ async def test_broadcast_time_sync_and_1997_meter() -> None:
     finally:
         await gw.close()
         await sim.stop()
+
+
+def test_tcp_serial_server_under_uvloop() -> None:
+    """The daemon runs on uvloop, whose transports are not registered with the asyncio ABCs:
+    polls and event acknowledgements over a TCP serial server must work there too."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        sim = SimBus(load_sim({"devices": [
+            {"protocol": "framed", "model": "access_panel", "address": "3"},
+            {"protocol": "dlt645", "address": "000000000001"},
+        ]}).devices, pty=False, tcp="127.0.0.1:0")
+        ac = device("door-1", "framed-ac200", 3)
+        e1 = device("e1", "dlt645-ddsu-1p", "000000000001")
+        await sim.start()
+        gw = bus(f"tcp://127.0.0.1:{sim.tcp_port}")
+        events = None
+        try:
+            gw.attach(ac)
+            gw.attach(e1)
+            await gw.open()
+            events = gw.events()
+            assert events is not None
+            assert not (await gw.read(e1, e1.points)).errors
+            await sim.emit(3, "door_forced", door=1)
+            ev = await asyncio.wait_for(events.__anext__(), 3)
+            assert (ev.device_id, ev.point) == ("door-1", "door_forced")
+            for _ in range(30):
+                if sim.device("3").acks:  # type: ignore[attr-defined]
+                    break
+                await asyncio.sleep(0.05)
+            assert sim.device("3").acks == 1  # type: ignore[attr-defined]
+        finally:
+            if events is not None:
+                await events.aclose()  # type: ignore[attr-defined]
+            await gw.close()
+            await sim.stop()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())

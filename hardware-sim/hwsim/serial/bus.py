@@ -373,6 +373,9 @@ def load_sim(source: str | Path | dict[str, Any], **overrides: Any) -> SimBus:
         address = "000000000001"
         model = "single_phase"
         quirks = { fe = 2, slow_first_byte = 0.3, echo = true }
+        values = { evolve = false, energy_import = 1234.56, clock = "2024-05-01T08:30:15" }
+
+    Other top-level tables (e.g. a test's ``[[emit]]`` list) are left to the caller.
     """
     data = source if isinstance(source, dict) else tomllib.loads(Path(source).read_text("utf-8"))
     busopts = dict(data.get("bus", {}))

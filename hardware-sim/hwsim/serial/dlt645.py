@@ -66,6 +66,7 @@ class Dlt645Meter(SimDevice):
             "relay_tripped": False,
             "battery_low": False,
             "clock_offset": 0.0,
+            "clock": None,  # ISO 8601 local time: the meter clock stands still there
             "evolve": True,
         }
         self.values.update(values or {})
@@ -169,7 +170,9 @@ class Dlt645Meter(SimDevice):
     def clock(self) -> datetime:
         from datetime import timedelta
 
-        return datetime.now() + timedelta(seconds=float(self.values["clock_offset"]))
+        fixed = self.values["clock"]
+        base = datetime.fromisoformat(str(fixed)) if fixed else datetime.now()
+        return base + timedelta(seconds=float(self.values["clock_offset"]))
 
     def _sync_clock(self, data: bytes) -> None:
         from hwsim.serial.frames import unbcd
@@ -179,7 +182,10 @@ class Dlt645Meter(SimDevice):
             when = datetime(2000 + yy, mo, dd, hh, mi, ss)
         except ValueError:
             return
-        self.values["clock_offset"] = (when - datetime.now()).total_seconds()
+        if self.values["clock"]:
+            self.values["clock"], self.values["clock_offset"] = when.isoformat(), 0.0
+        else:
+            self.values["clock_offset"] = (when - datetime.now()).total_seconds()
         self.values["time_syncs"] = self.values.get("time_syncs", 0) + 1
 
     def _relay(self, data: bytes) -> bytes:
