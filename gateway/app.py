@@ -21,13 +21,16 @@ from gateway.pipeline import DeviceTracker, Pipeline
 from gateway.plugin import Bus
 from gateway.record import Record
 from gateway.record import now as ts_now
-from gateway.supervisor import BusRunner, group_by_bus, make_trackers, spawn_factory, summarize
+from gateway.supervisor import (
+    BusRunner,
+    StartupError,
+    group_by_bus,
+    make_trackers,
+    spawn_factory,
+    summarize,
+)
 
 log = logging.getLogger(__name__)
-
-
-class StartupError(RuntimeError):
-    """The gateway cannot start (e.g. a bus of a device with ``startup = "error"``)."""
 
 
 class GatewayApp:
@@ -140,6 +143,8 @@ class GatewayApp:
             *(r.open() for r in self.runners.values()), return_exceptions=True
         )
         for runner, res in zip(list(self.runners.values()), results, strict=True):
+            if isinstance(res, StartupError):
+                raise res
             if isinstance(res, BaseException):
                 raise StartupError(
                     f"bus {runner.spec.name} could not be opened and a device on it has "

@@ -29,6 +29,10 @@ BACKOFF_CAP = 60.0  # seconds; a dead device is probed at least this often
 BUS_RETRY_CAP = 60.0
 
 
+class StartupError(RuntimeError):
+    """The gateway cannot start (e.g. a bus of a device with ``startup = "error"``)."""
+
+
 def backoff_delay(failures: int, interval: float, cap: float, rng: random.Random) -> float:
     """Delay before probing a device again after ``failures`` consecutive failures:
     one interval, then doubling, capped, with jitter in [0.5, 1] of the value."""
@@ -153,8 +157,16 @@ class BusRunner:
         """Open the bus once. With policy ``error`` a failure propagates (the gateway does
         not start); otherwise the runner keeps trying in the background."""
         self.bus = self.driver.open_bus(self.spec)
-        for d in self.devices:
-            self.bus.attach(d.spec)
+        for d in list(self.devices):
+            try:
+                self.bus.attach(d.spec)
+            except DriverError as exc:
+                msg = f"device {d.spec.id}: driver {self.driver.name} rejected its configuration: {exc}"
+                if d.section.startup == "error":
+                    raise StartupError(msg) from exc
+                log.error("%s; the device is left out", msg)
+                self.devices.remove(d)
+                continue
             metrics.POLL_REQUESTS.labels(d.spec.id).set(self.bus.requests_per_poll(d.spec))
         try:
             await self.bus.open()
