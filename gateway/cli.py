@@ -179,7 +179,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.app import StartupError, run
+    from gateway.app import run
+    from gateway.supervisor import StartupError
 
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),

@@ -19,7 +19,7 @@ import gateway
 
 # ``*_created`` series (one per counter/histogram child) double the series count of the text
 # format and carry nothing an alert or dashboard uses: the process start time is exported.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 BUILD_INFO = Info("edge_gw_build", "Gateway build information (version, Python, machine)")
 BUILD_INFO.info(
