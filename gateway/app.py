@@ -32,6 +32,8 @@ from gateway.supervisor import (
 
 log = logging.getLogger(__name__)
 
+STOP_FLUSH_SECONDS = 2.0  # on SIGTERM, how long connected uplinks may finish delivering
+
 
 class GatewayApp:
     def __init__(self, config: Config) -> None:
@@ -247,6 +249,33 @@ class GatewayApp:
         finally:
             await self.stop()
 
+    async def _flush_uplinks(self, timeout: float) -> None:
+        """Give connected uplinks a short, bounded time to deliver what is pending (the
+        final ``stopping`` record included). Whatever is left stays in the buffer and is
+        sent after the next start."""
+        if not self.uplinks or self.buffer is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            busy = False
+            for up in self.uplinks:
+                try:
+                    st = up.state()
+                    connected = bool(st.get("connected"))
+                    pending = (
+                        self.buffer.pending_count(up.name)
+                        + int(st.get("inflight_batches", 0) or 0)
+                        + int(st.get("retry_batches", 0) or 0)
+                    )
+                except Exception:
+                    continue
+                if connected and pending > 0:
+                    busy = True
+            if not busy:
+                return
+            await asyncio.sleep(0.05)
+
     async def _flush_aggregates(self, now: float) -> None:
         """Privacy aggregate windows that closed become records (already privacy-safe,
         so they go straight to the buffer)."""
@@ -323,6 +352,7 @@ class GatewayApp:
                 await self._flush_aggregates(math.inf)
             with contextlib.suppress(Exception):
                 await self.pipeline.submit([self._gw_record("status", "stopping")])
+            await self._flush_uplinks(STOP_FLUSH_SECONDS)
         for t in self._uplink_tasks:
             t.cancel()
         for t in self._uplink_tasks:
