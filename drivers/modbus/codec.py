@@ -1,4 +1,4 @@
-"""Pure Modbus codec: value decoding/encoding, PDU and frame building/parsing, read planning.
+"""Pure Modbus codec: value decoding/encoding, requests and answer checks, read planning.
 
 Nothing in this module does I/O, looks at the clock or keeps state between calls, so every
 function is tested with byte vectors (``drivers/modbus/tests/test_codec.py``).
@@ -12,6 +12,10 @@ Conventions
   the rule generalises (``CDAB`` reverses the word order, ``BADC`` swaps the bytes of every
   word, ``DCBA`` reverses all bytes). A single register only honours the byte swap.
 * Addresses are protocol addresses (0-based), not "40001"-style reference numbers.
+
+Framing, transaction ids and the wire are pymodbus's job (``drivers/modbus/client.py``):
+this module describes requests as data, checks decoded answers against them and names
+what went wrong when no usable answer came (``classify_unanswered``).
 """
 
 from __future__ import annotations
@@ -303,102 +307,134 @@ def merge_bits(spec: ValueSpec, current: Sequence[int], value: int | bool) -> li
     return bytes_to_words(whole.to_bytes(len(data), "big"), spec.order)
 
 
-# --------------------------------------------------------------------------- PDUs
+# --------------------------------------------------------------------------- requests
 
 
-def build_read(table: str, start: int, count: int) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One Modbus request as data: function code, start address, item count and, for
+    writes, the register values or bits (0/1). The I/O layer hands it to pymodbus."""
+
+    fc: int
+    address: int
+    count: int
+    values: tuple[int, ...] = ()
+
+    @property
+    def is_read(self) -> bool:
+        return self.fc in (1, 2, 3, 4)
+
+
+def read_request(table: str, start: int, count: int) -> Request:
     fc = READ_FC[table]
     limit = MAX_READ_BITS if table in BIT_TABLES else MAX_READ_REGISTERS
     if not 1 <= count <= limit or not 0 <= start or start + count > 0x10000:
         raise CodecError("bad_request", f"cannot read {count} from {table} {start}")
-    return struct.pack(">BHH", fc, start, count)
+    return Request(fc, start, count)
 
 
-def build_write_coil(address: int, value: bool) -> bytes:
-    return struct.pack(">BHH", 5, address, 0xFF00 if value else 0x0000)
+def write_coil_request(address: int, value: bool) -> Request:
+    _check_address(address, 1)
+    return Request(5, address, 1, (1 if value else 0,))
 
 
-def build_write_register(address: int, value: int) -> bytes:
+def write_register_request(address: int, value: int) -> Request:
+    _check_address(address, 1)
     if not 0 <= value <= 0xFFFF:
         raise CodecError("out_of_range", f"{value} is not a register value")
-    return struct.pack(">BHH", 6, address, value)
+    return Request(6, address, 1, (value,))
 
 
-def build_write_coils(address: int, values: Sequence[bool]) -> bytes:
+def write_coils_request(address: int, values: Sequence[bool]) -> Request:
     n = len(values)
     if not 1 <= n <= MAX_WRITE_BITS:
         raise CodecError("bad_request", f"cannot write {n} coils")
-    packed = pack_bits(values)
-    return struct.pack(">BHHB", 15, address, n, len(packed)) + packed
+    _check_address(address, n)
+    return Request(15, address, n, tuple(1 if v else 0 for v in values))
 
 
-def build_write_registers(address: int, values: Sequence[int]) -> bytes:
+def write_registers_request(address: int, values: Sequence[int]) -> Request:
     n = len(values)
     if not 1 <= n <= MAX_WRITE_REGISTERS:
         raise CodecError("bad_request", f"cannot write {n} registers")
+    _check_address(address, n)
     for v in values:
         if not 0 <= v <= 0xFFFF:
             raise CodecError("out_of_range", f"{v} is not a register value")
-    return struct.pack(f">BHHB{n}H", 16, address, n, 2 * n, *values)
+    return Request(16, address, n, tuple(values))
 
 
-def pack_bits(values: Sequence[bool]) -> bytes:
-    out = bytearray((len(values) + 7) // 8)
-    for i, v in enumerate(values):
-        if v:
-            out[i // 8] |= 1 << (i % 8)
-    return bytes(out)
+def _check_address(address: int, n: int) -> None:
+    if not 0 <= address or address + n > 0x10000:
+        raise CodecError("bad_request", f"address {address} (+{n}) outside 0..65535")
 
 
-def unpack_bits(data: bytes, count: int) -> list[bool]:
-    return [bool(data[i // 8] >> (i % 8) & 1) for i in range(count)]
+def check_answer(
+    request: Request,
+    fc: int,
+    data: Sequence[int] | Sequence[bool],
+    echo_address: int | None = None,
+    echo_count: int | None = None,
+) -> list[int] | list[bool] | None:
+    """Check a decoded (non-exception) answer fits ``request``; return what was read.
 
-
-def parse_response(request: bytes, pdu: bytes) -> list[int] | list[bool] | None:
-    """Check ``pdu`` answers ``request``; return registers / bits read (None for writes).
-
-    Raises ``ModbusExceptionResponse`` for an exception answer and ``MalformedFrame`` for
-    anything that does not fit the request (wrong function, byte count or echo)."""
-    if not pdu:
-        raise MalformedFrame("malformed", "empty response")
-    fc = request[0]
-    if pdu[0] == fc | 0x80:
-        if len(pdu) != 2:
-            raise MalformedFrame("malformed", f"exception response of {len(pdu)} bytes")
-        raise ModbusExceptionResponse(fc, pdu[1])
-    if pdu[0] != fc:
-        raise MalformedFrame("wrong_function", f"asked function {fc}, answer has {pdu[0]}")
-    if fc in (1, 2, 3, 4):
-        _, count = struct.unpack(">HH", request[1:5])
-        if len(pdu) < 2:
-            raise MalformedFrame("malformed", "no byte count")
-        nbytes = pdu[1]
-        want = (count + 7) // 8 if fc in (1, 2) else 2 * count
-        if nbytes != want or len(pdu) != 2 + nbytes:
+    ``data`` is the registers or bits of a read answer, or for a write answer the value it
+    echoes (single writes); ``echo_address``/``echo_count`` the echoed address and count.
+    Bit answers come padded to whole bytes: only the requested bits are returned.
+    Raises ``MalformedFrame`` (``wrong_function``, ``bad_length``, ``bad_echo``)."""
+    if fc != request.fc:
+        raise MalformedFrame("wrong_function", f"asked function {request.fc}, answer has {fc}")
+    if request.fc in (3, 4):
+        if len(data) != request.count:
             raise MalformedFrame(
-                "bad_length", f"expected {want} data bytes, byte count {nbytes}, got {len(pdu) - 2}"
+                "bad_length", f"asked {request.count} registers, answer has {len(data)}"
             )
-        data = pdu[2:]
-        if fc in (1, 2):
-            return unpack_bits(data, count)
-        return list(struct.unpack(f">{count}H", data))
-    if fc in (5, 6, 15, 16):
-        if pdu != request[:5]:
-            raise MalformedFrame("bad_echo", f"write echo {pdu.hex()} != {request[:5].hex()}")
-        return None
-    raise MalformedFrame("wrong_function", f"unsupported function {fc}")
+        return [int(x) for x in data]
+    if request.fc in (1, 2):
+        if not request.count <= len(data) < request.count + 8:
+            raise MalformedFrame(
+                "bad_length", f"asked {request.count} bits, answer has {len(data)}"
+            )
+        return [bool(x) for x in data[: request.count]]
+    if echo_address != request.address:
+        raise MalformedFrame(
+            "bad_echo", f"write to {request.address}, answer echoes {echo_address}"
+        )
+    if request.fc in (5, 6):
+        if [int(x) for x in data[:1]] != list(request.values):
+            raise MalformedFrame(
+                "bad_echo", f"wrote {list(request.values)}, answer echoes {list(data[:1])}"
+            )
+    elif echo_count != request.count:
+        raise MalformedFrame("bad_echo", f"wrote {request.count} items, echo says {echo_count}")
+    return None
 
 
-def expected_response_length(request: bytes) -> int:
-    """Length of the normal response PDU to ``request``."""
-    fc = request[0]
-    if fc in (1, 2, 3, 4):
-        count = int.from_bytes(request[3:5], "big")
-        return 2 + ((count + 7) // 8 if fc in (1, 2) else 2 * count)
+def expected_response_length(request: Request) -> int:
+    """Length of the normal response PDU (function code included) to ``request``."""
+    if request.is_read:
+        count = request.count
+        return 2 + ((count + 7) // 8 if request.fc in (1, 2) else 2 * count)
     return 5
 
 
-# --------------------------------------------------------------------------- framing
+def check_pdu(request: Request, pdu: bytes) -> str:
+    """Why a raw response PDU is not a usable answer to ``request`` (a reason), or ``""``."""
+    if not pdu:
+        return "malformed"
+    if pdu[0] == request.fc | 0x80:
+        return "" if len(pdu) == 2 else "malformed"
+    if pdu[0] != request.fc:
+        return "wrong_function"
+    if request.is_read:
+        want = expected_response_length(request)
+        if len(pdu) < 2 or pdu[1] != want - 2 or len(pdu) != want:
+            return "bad_length"
+        return ""
+    return "" if len(pdu) == 5 else "bad_length"
+
+
+# --------------------------------------------------------------------------- diagnosis
 
 
 def _crc_table() -> list[int]:
@@ -422,60 +458,68 @@ def crc16(data: bytes) -> int:
     return crc
 
 
-def rtu_frame(unit: int, pdu: bytes) -> bytes:
-    body = bytes([unit]) + pdu
-    return body + crc16(body).to_bytes(2, "little")
+def classify_unanswered(framing: str, received: bytes, unit: int, request: Request) -> str:
+    """Why a request got no usable answer, judged from the bytes that arrived for it.
+
+    The framing itself is pymodbus's job; this only names the failure for logs and metrics
+    when pymodbus gave up (it reports a corrupt or incomplete answer as a plain timeout):
+
+    * ``timeout``: nothing arrived;
+    * ``crc`` (RTU): a frame of the expected length from ``unit`` with a wrong CRC;
+    * ``truncated``: the start of an answer that never completed;
+    * ``bad_length`` / ``wrong_function`` / ``bad_protocol``: a complete frame that does
+      not fit the request;
+    * ``malformed``: bytes that are no answer at all (noise, another unit's frame).
+    """
+    if not received:
+        return "timeout"
+    if framing == "socket":
+        return _classify_mbap(received, request)
+    return _classify_rtu(received, unit, request)
 
 
-def mbap_frame(tid: int, unit: int, pdu: bytes) -> bytes:
-    return struct.pack(">HHHB", tid & 0xFFFF, 0, len(pdu) + 1, unit) + pdu
+DEFINITIVE = frozenset({"crc", "bad_length", "wrong_function"})
 
 
-def mbap_header(header: bytes) -> tuple[int, int, int, int]:
-    """(transaction id, protocol id, length, unit) of a 7-byte MBAP header."""
-    if len(header) != 7:
-        raise MalformedFrame("malformed", "short MBAP header")
-    tid, proto, length, unit = struct.unpack(">HHHB", header)
+def rtu_answer_failed(received: bytes, unit: int, request: Request) -> str:
+    """RTU: the reason when ``received`` already holds a complete answer from ``unit`` that
+    cannot be used (wrong CRC, wrong length or function), else ``""``. One request gets one
+    answer on a serial line, so nothing better can follow: the request fails at once
+    instead of waiting out its timeout."""
+    reason = _classify_rtu(received, unit, request)
+    return reason if reason in DEFINITIVE else ""
+
+
+def _classify_mbap(buf: bytes, request: Request) -> str:
+    if len(buf) < 8:
+        return "truncated"
+    proto = int.from_bytes(buf[2:4], "big")
+    length = int.from_bytes(buf[4:6], "big")
     if proto != 0:
-        raise MalformedFrame("bad_protocol", f"MBAP protocol id {proto}")
+        return "bad_protocol"
     if not 2 <= length <= 254:
-        raise MalformedFrame("bad_length", f"MBAP length {length}")
-    return tid, proto, length, unit
+        return "bad_length"
+    if len(buf) < 6 + length:
+        return "truncated"
+    return check_pdu(request, bytes(buf[7 : 6 + length])) or "malformed"
 
 
-@dataclass(frozen=True, slots=True)
-class RtuScan:
-    """Outcome of looking for the answer to a request in received RTU bytes."""
-
-    status: str  # "frame" | "need_more" | "crc"
-    skip: int = 0  # bytes before the frame that belong to nothing (discarded)
-    length: int = 0  # frame length (when status is frame or crc)
-    pdu: bytes = b""
-
-
-def rtu_find_response(buf: bytes, unit: int, request: bytes) -> RtuScan:
-    """Find the response to ``request`` from ``unit`` in ``buf``.
-
-    Bytes before a plausible start (the unit id followed by the request's function code or
-    its exception code) are skipped. The frame length is known from the request, so a frame
-    is complete or not; a complete frame with a wrong CRC gives ``crc``."""
-    fc = request[0]
+def _classify_rtu(buf: bytes, unit: int, request: Request) -> str:
+    fc = request.fc
     normal = 1 + expected_response_length(request) + 2
-    i = 0
-    n = len(buf)
-    while i < n:
-        if buf[i] == unit and (i + 1 >= n or buf[i + 1] in (fc, fc | 0x80)):
-            if i + 1 >= n:
-                return RtuScan("need_more", skip=i)
-            length = 5 if buf[i + 1] == fc | 0x80 else normal
-            if n - i < length:
-                return RtuScan("need_more", skip=i)
-            frame = buf[i : i + length]
-            if crc16(frame[:-2]) != int.from_bytes(frame[-2:], "little"):
-                return RtuScan("crc", skip=i, length=length)
-            return RtuScan("frame", skip=i, length=length, pdu=bytes(frame[1:-2]))
-        i += 1
-    return RtuScan("need_more", skip=n)
+    for i in range(len(buf)):
+        if buf[i] != unit or (i + 1 < len(buf) and buf[i + 1] not in (fc, fc | 0x80)):
+            continue
+        if i + 1 >= len(buf):
+            return "truncated"
+        length = 5 if buf[i + 1] == fc | 0x80 else normal
+        if len(buf) - i < length:
+            return "truncated"
+        frame = buf[i : i + length]
+        if crc16(frame[:-2]) != int.from_bytes(frame[-2:], "little"):
+            return "crc"
+        return check_pdu(request, bytes(frame[1:-2])) or "malformed"
+    return "malformed"
 
 
 # --------------------------------------------------------------------------- planning

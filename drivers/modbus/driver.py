@@ -1,6 +1,7 @@
 """The Modbus driver: Modbus TCP, RTU on a serial port, RTU over TCP (serial servers, DTUs).
 
-One ``ModbusBus`` (hub) per configured bus owns one link and an ``asyncio.Lock``; the core
+One ``ModbusBus`` (hub) per configured bus owns one pymodbus client (``client.py``) and an
+``asyncio.Lock``; the core
 polls devices concurrently and the hub serialises them onto the line. A Modbus TCP device
 configured without a ``bus`` gets a bus of its own from its address (``implicit_bus``).
 
@@ -18,13 +19,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from drivers.modbus import codec, metrics
+from drivers.modbus.client import LinkError, ModbusClient
 from drivers.modbus.schema import BusOptions, DeviceAddress, PointAddress, ProfileOptions
-from drivers.modbus.transport import Link, LinkError, make_link
 from gateway.plugin import (
     Bus,
     BusSpec,
@@ -43,6 +46,60 @@ log = logging.getLogger("drivers.modbus")
 # Exceptions worth one more try after a short pause (the device said "not now").
 _BUSY_CODES = frozenset({5, 6})
 _BUSY_PAUSE = 0.05
+
+
+class Line:
+    """The bus lock, with two queues: devices that answered their last poll are served
+    before *suspects* (devices whose last poll failed). On a shared RS-485 line a healthy
+    device therefore waits at most for the one request in flight -- one timeout if that is
+    a probe of a dead device -- never for a queue of dead probes. FIFO within a queue."""
+
+    __slots__ = ("_busy", "_queues")
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._queues: tuple[deque[asyncio.Future[None]], deque[asyncio.Future[None]]] = (
+            deque(),
+            deque(),
+        )
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    async def acquire(self, suspect: bool = False) -> None:
+        if not self._busy and not self._queues[0] and not self._queues[1]:
+            self._busy = True
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._queues[1 if suspect else 0]
+        queue.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the line was handed to us as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    queue.remove(fut)
+            raise
+
+    def release(self) -> None:
+        for queue in self._queues:
+            while queue:
+                fut = queue.popleft()
+                if not fut.done():
+                    fut.set_result(None)  # ownership passes directly: the line stays busy
+                    return
+        self._busy = False
+
+    @contextlib.asynccontextmanager
+    async def hold(self, suspect: bool = False) -> AsyncIterator[None]:
+        await self.acquire(suspect)
+        try:
+            yield
+        finally:
+            self.release()
 
 
 class _Plan:
@@ -97,14 +154,15 @@ def make_plan(device: DeviceSpec, points: Sequence[PointSpec], bus_max_gap: int)
 class ModbusBus(Bus):
     """Hub of one Modbus line or endpoint."""
 
-    def __init__(self, spec: BusSpec, link: Link | None = None) -> None:
+    def __init__(self, spec: BusSpec, client: ModbusClient | None = None) -> None:
         super().__init__(spec)
         options = spec.options
         if not isinstance(options, BusOptions):
             options = BusOptions.model_validate(options)
         self.options: BusOptions = options
-        self.link = link or make_link(spec.name, options)
-        self.lock = asyncio.Lock()
+        self.client = client or ModbusClient(spec.name, options)
+        self.line = Line()
+        self._suspects: set[str] = set()  # devices whose last poll got no answer
         self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
         self._failures: dict[str, Any] = {}
         self._exceptions: dict[int, Any] = {}
@@ -115,7 +173,7 @@ class ModbusBus(Bus):
     async def open(self) -> None:
         if self.options.transport == "rtu":
             try:
-                await self.link.connect()
+                await self.client.connect()
             except LinkError as exc:
                 raise DriverError(
                     "port_unavailable", f"{self.options.port}: {exc.detail}"
@@ -125,7 +183,7 @@ class ModbusBus(Bus):
 
     async def close(self) -> None:
         try:
-            await self.link.close()
+            self.client.close()
         except Exception:  # close must not raise
             log.debug("bus %s: error while closing", self.spec.name, exc_info=True)
 
@@ -164,7 +222,7 @@ class ModbusBus(Bus):
         c.inc()
 
     async def _request(
-        self, unit: int, pdu: bytes, reply_s: float, *, retry_timeouts: bool
+        self, unit: int, req: codec.Request, reply_s: float, *, retry_timeouts: bool
     ) -> list[int] | list[bool] | None:
         """One request with the retry policy; caller holds the lock."""
         attempts = 1 + self.options.retries
@@ -173,31 +231,27 @@ class ModbusBus(Bus):
         for attempt in range(attempts):
             if attempt:
                 self._retries.inc()
-            answer = b""
             try:
-                answer = await self.link.exchange(unit, pdu, reply_s)
-                return codec.parse_response(pdu, answer)
+                return await self.client.execute(unit, req, reply_s)
             except codec.ModbusExceptionResponse as exc:
                 self._exception(exc.code)
                 if exc.code in _BUSY_CODES and busy_retry:
                     busy_retry = False
                     await asyncio.sleep(_BUSY_PAUSE)
                     try:
-                        answer = await self.link.exchange(unit, pdu, reply_s)
-                        return codec.parse_response(pdu, answer)
+                        return await self.client.execute(unit, req, reply_s)
                     except codec.ModbusExceptionResponse as exc2:
                         self._exception(exc2.code)
                         raise exc2 from None
                 raise
             except codec.MalformedFrame as exc:
-                self.link.discard(len(answer))
                 self._failed(exc.reason)
                 last = LinkError(exc.reason, exc.detail, answered=True)
             except LinkError as exc:
                 self._failed(exc.reason)
                 last = exc
                 if exc.reason in ("connect_failed", "connect_timeout", "connection"):
-                    await self.link.close()
+                    self.client.close()
                     if exc.reason != "connection":
                         break  # the endpoint is not there: retrying now will not help
                 if exc.reason == "timeout" and not retry_timeouts:
@@ -215,41 +269,55 @@ class ModbusBus(Bus):
         reply_s = self._timeout(device)
         reading = Reading()
         answered = False
-        async with self.lock:
-            for block in plan.blocks:
-                pdu = codec.build_read(block.table, block.start, block.count)
-                reading.requests += 1
-                try:
-                    data = await self._request(unit, pdu, reply_s, retry_timeouts=answered)
-                except codec.ModbusExceptionResponse as exc:
-                    answered = True
-                    for span in block.members:
-                        reading.errors[span.key] = exc.reason
-                    continue
-                except LinkError as exc:
-                    if not answered and not exc.answered:
-                        raise DeviceUnavailable(exc.reason, exc.detail) from None
-                    # a corrupt answer proves nothing usable: it does not make the device "up"
-                    for span in block.members:
-                        reading.errors[span.key] = exc.reason
-                    continue
-                answered = True
-                assert data is not None
-                for span in block.members:
-                    words = codec.slice_block(block, data, span)
-                    try:
-                        if block.table in codec.BIT_TABLES:
-                            reading.values[span.key] = bool(words[0])
-                        else:
-                            reading.values[span.key] = codec.decode_registers(
-                                plan.specs[span.key], words
-                            )
-                    except codec.CodecError as exc:
-                        reading.errors[span.key] = exc.reason
+        suspect = device.id in self._suspects
+        try:
+            async with self.line.hold(suspect):
+                reading, answered = await self._read_locked(plan, unit, reply_s, reading)
+        except DeviceUnavailable:
+            self._suspects.add(device.id)
+            raise
         if not answered:
+            self._suspects.add(device.id)
             reason = next(iter(reading.errors.values()), "no_answer")
             raise DeviceUnavailable(reason, "no usable answer to any request")
+        self._suspects.discard(device.id)
         return reading
+
+    async def _read_locked(
+        self, plan: _Plan, unit: int, reply_s: float, reading: Reading
+    ) -> tuple[Reading, bool]:
+        answered = False
+        for block in plan.blocks:
+            req = codec.read_request(block.table, block.start, block.count)
+            reading.requests += 1
+            try:
+                data = await self._request(unit, req, reply_s, retry_timeouts=answered)
+            except codec.ModbusExceptionResponse as exc:
+                answered = True
+                for span in block.members:
+                    reading.errors[span.key] = exc.reason
+                continue
+            except LinkError as exc:
+                if not answered and not exc.answered:
+                    raise DeviceUnavailable(exc.reason, exc.detail) from None
+                # a corrupt answer proves nothing usable: it does not make the device "up"
+                for span in block.members:
+                    reading.errors[span.key] = exc.reason
+                continue
+            answered = True
+            assert data is not None
+            for span in block.members:
+                words = codec.slice_block(block, data, span)
+                try:
+                    if block.table in codec.BIT_TABLES:
+                        reading.values[span.key] = bool(words[0])
+                    else:
+                        reading.values[span.key] = codec.decode_registers(
+                            plan.specs[span.key], words
+                        )
+                except codec.CodecError as exc:
+                    reading.errors[span.key] = exc.reason
+        return reading, answered
 
     # ------------------------------------------------------------------ writes
 
@@ -270,7 +338,7 @@ class ModbusBus(Bus):
             raise WriteRejected("bad_value", f"cannot write {value!r}")
         unit = _device_address(device).unit
         reply_s = self._timeout(device)
-        async with self.lock:
+        async with self.line.hold():
             try:
                 written = await self._write_locked(unit, spec, addr, value, reply_s)
                 if not addr.verify or unit == 0:
@@ -300,17 +368,17 @@ class ModbusBus(Bus):
         """Send the write; returns what a correct read-back must show (words or a bit)."""
         if spec.table == "coil":
             bit = bool(value)
-            pdu = (
-                codec.build_write_coils(spec.offset, [bit])
+            req = (
+                codec.write_coils_request(spec.offset, [bit])
                 if addr.write_fc == 15
-                else codec.build_write_coil(spec.offset, bit)
+                else codec.write_coil_request(spec.offset, bit)
             )
-            await self._request(unit, pdu, reply_s, retry_timeouts=True)
+            await self._request(unit, req, reply_s, retry_timeouts=True)
             return [int(bit)]
         if spec.bit is not None:
             current = await self._request(
                 unit,
-                codec.build_read("holding", spec.offset, spec.count),
+                codec.read_request("holding", spec.offset, spec.count),
                 reply_s,
                 retry_timeouts=True,
             )
@@ -321,10 +389,10 @@ class ModbusBus(Bus):
                 value = bool(value)
             words = codec.encode_value(spec, value)
         if len(words) == 1 and addr.write_fc != 16:
-            pdu = codec.build_write_register(spec.offset, words[0])
+            req = codec.write_register_request(spec.offset, words[0])
         else:
-            pdu = codec.build_write_registers(spec.offset, words)
-        await self._request(unit, pdu, reply_s, retry_timeouts=True)
+            req = codec.write_registers_request(spec.offset, words)
+        await self._request(unit, req, reply_s, retry_timeouts=True)
         return words
 
     async def _read_value(
@@ -332,7 +400,7 @@ class ModbusBus(Bus):
     ) -> tuple[list[int], RawValue]:
         data = await self._request(
             unit,
-            codec.build_read(spec.table, spec.offset, spec.count),
+            codec.read_request(spec.table, spec.offset, spec.count),
             reply_s,
             retry_timeouts=True,
         )

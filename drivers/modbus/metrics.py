@@ -45,7 +45,9 @@ DISCARDED_BYTES = Counter(
 )
 STALE_ANSWERS = Counter(
     "edge_gw_modbus_stale_answers_total",
-    "Answers to an earlier, already abandoned request (late answers) that were dropped",
+    "Answers that arrived while no request was outstanding (late answers to requests "
+    "already given up), dropped; on TCP, late answers arriving during a newer request are "
+    "dropped by transaction id without being counted here",
     ["bus"],
 )
 CONNECTS = Counter(

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from drivers.modbus import codec
+from drivers.modbus.client import LinkError, ModbusClient
 from drivers.modbus.schema import BusOptions, IdentifyCheck
-from drivers.modbus.transport import Link, LinkError, make_link
-from gateway.plugin import Driver
+from gateway.plugin import Driver, DriverError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,11 +65,12 @@ def scan_options(args: argparse.Namespace) -> BusOptions:
     )
 
 
-async def _ask(link: Link, unit: int, pdu: bytes, reply_s: float) -> tuple[str, list[int] | None]:
+async def _ask(
+    client: ModbusClient, unit: int, req: codec.Request, reply_s: float
+) -> tuple[str, list[int] | None]:
     """("ok", registers) | (exception reason, None) | ("silent", None) | (failure, None)."""
     try:
-        answer = await link.exchange(unit, pdu, reply_s)
-        data = codec.parse_response(pdu, answer)
+        data = await client.execute(unit, req, reply_s)
     except codec.ModbusExceptionResponse as exc:
         return exc.reason, None
     except codec.MalformedFrame as exc:
@@ -92,7 +93,7 @@ def identify_matches(check: IdentifyCheck, words: list[int]) -> bool:
 
 
 async def scan_link(
-    link: Link,
+    client: ModbusClient,
     units: list[int],
     reply_s: float,
     identities: list[tuple[str, str, str, IdentifyCheck]],
@@ -100,14 +101,14 @@ async def scan_link(
     rows: list[dict[str, Any]] = []
     for unit in units:
         # Any slave answers a read, if only with an exception: silence means nobody is there.
-        status, _ = await _ask(link, unit, codec.build_read("holding", 0, 1), reply_s)
+        status, _ = await _ask(client, unit, codec.read_request("holding", 0, 1), reply_s)
         if status == "silent":
             continue
         matches: list[tuple[str, str, str]] = []
         for pid, vendor, model, check in identities:
             spec = check.spec()
             st, words = await _ask(
-                link, unit, codec.build_read(spec.table, spec.offset, spec.count), reply_s
+                client, unit, codec.read_request(spec.table, spec.offset, spec.count), reply_s
             )
             if st == "ok" and words is not None and identify_matches(check, words):
                 matches.append((pid, vendor, model))
@@ -124,12 +125,17 @@ async def scan_link(
 
 
 async def run(driver: Driver, args: argparse.Namespace) -> list[Mapping[str, Any]]:
-    units = codec.parse_units(args.units)
+    try:
+        units = codec.parse_units(args.units)
+    except codec.CodecError as exc:
+        raise DriverError(exc.reason, exc.detail) from None
     options = scan_options(args)
-    link = make_link("scan", options)
+    client = ModbusClient("scan", options)
     try:
         return list(
-            await scan_link(link, units, float(options.timeout), bundled_identities(driver))
+            await scan_link(client, units, float(options.timeout), bundled_identities(driver))
         )
+    except LinkError as exc:  # the endpoint itself is not there
+        raise DriverError(exc.reason, exc.detail) from None
     finally:
-        await link.close()
+        client.close()

@@ -2,19 +2,25 @@
 
     .venv/bin/python tests/bench/bench_modbus.py                     # 1, 10, 100, 1000 devices
     .venv/bin/python tests/bench/bench_modbus.py --devices 1000 --duration 30
-    .venv/bin/python tests/bench/bench_modbus.py --mode daemon       # the real daemon
+    .venv/bin/python tests/bench/bench_modbus.py --devices 1000 --profile /tmp/gw  # + py-spy
+    .venv/bin/python tests/bench/bench_modbus.py --mode driver       # the driver alone
 
 The simulators run as separate processes (``hwsim modbus farm``, 250 devices each, one TCP
 port per device) so their cost is not counted. The measured process is either
 
-* ``--mode driver`` (default): a poller process that does what the core's scheduler does --
-  one fixed-rate loop per device calling ``ModbusBus.read`` -- measuring the driver alone; or
-* ``--mode daemon``: ``edge-gateway run -c generated.toml`` with the generated config; figures
-  are read from /proc and its ``/metrics``.
+* ``--mode daemon`` (default): the real gateway, ``python -m gateway.cli run -c
+  generated.toml`` (uvloop, buffer, pipeline, API: everything a box runs), with 1,000 Modbus
+  TCP devices of a 20-point electricity meter profile. CPU from /proc/PID/stat, peak RSS from
+  VmHWM, counts from its /metrics (records, polls, Modbus requests and failures); jitter from
+  the records it stored (``/api/v1/records``: per device, the spacing of consecutive polls'
+  acquisition times vs. 1 s; read back after the CPU window) and, for comparison, the upper
+  bucket bounds of ``edge_gw_poll_lateness_seconds``; or
+* ``--mode driver``: a poller process that does what the core's scheduler does -- one
+  fixed-rate loop per device calling ``ModbusBus.read`` -- measuring the driver alone.
 
 Reported per size: points/s achieved, CPU-seconds per 10,000 points, peak RSS, poll jitter
-p50/p99 (start of a poll vs. its schedule; driver mode), requests per poll. Targets (2 cores):
-1,000 x 20 at 1 s with the gateway under 0.5 core and 150 MB RSS, jitter p99 under 100 ms.
+p50/p99, requests per poll. Targets (2 cores): 1,000 x 20 at 1 s with the gateway under
+0.5 core and 150 MB RSS, jitter p99 under 100 ms.
 """
 
 from __future__ import annotations
@@ -187,10 +193,14 @@ def run_driver_mode(ports: list[int], duration: float, warmup: float) -> dict[st
 # ------------------------------------------------------------------ daemon mode
 
 
-# The catalogue has no class with 20 points: the daemon run maps the 14 numeric/bool points of
-# electricity_meter onto holding registers 0-13 of the bench device (one request per poll).
+# 20 real points of the electricity_meter class, on holding registers 0-19 of the bench
+# device (one request of 20 registers per poll).
 DAEMON_POINTS = [
     "energy_import",
+    "energy_import_t1",
+    "energy_import_t2",
+    "energy_import_t3",
+    "energy_import_t4",
     "energy_export",
     "energy_total",
     "voltage",
@@ -200,11 +210,14 @@ DAEMON_POINTS = [
     "current_b",
     "current_c",
     "power",
+    "power_b",
+    "power_c",
+    "apparent_power",
+    "reactive_power",
     "power_factor",
     "frequency",
-    "relay_closed",
-    "battery_low",
 ]
+assert len(DAEMON_POINTS) == POINTS
 
 
 def generate_config(ports: list[int], path: Path, api_port: int) -> None:
@@ -220,60 +233,182 @@ def generate_config(ports: list[int], path: Path, api_port: int) -> None:
     (prof_dir / "bench-meter.toml").write_text("\n".join(prof))
     lines = [
         '[gateway]\nid = "bench-gw"\ndistrict = "510107"\ncommunity = "Bench"\n'
-        'profile_dirs = ["profiles"]\n',
+        'profile_dirs = ["profiles"]\nlog_level = "warning"\n',
         f'[api]\nlisten = "127.0.0.1:{api_port}"\n',
-        f'[buffer]\npath = "{path.parent / "buffer.db"}"\n',
+        f'[buffer]\npath = "{path.parent / "buffer.db"}"\nbudget = "1GiB"\n',
     ]
     for i, port in enumerate(ports):
         lines.append(
-            f'[[devices]]\nid = "bench-{i:04d}"\nclass = "electricity_meter"\nprofile = "bench-meter"\n'
+            f'[[devices]]\nid = "bench-{i:04d}"\nclass = "electricity_meter"\n'
+            f'profile = "bench-meter"\n'
             f'address = {{ host = "127.0.0.1", port = {port}, unit = 1 }}\npoll = "1s"\n'
         )
     path.write_text("\n".join(lines))
 
 
 def scrape(url: str) -> dict[str, float]:
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    """Sums of every edge_gw_ sample by name (labels folded), and the lateness buckets."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("edge_gw_") and " " in line:
-            name, value = line.rsplit(" ", 1)
-            base = name.split("{", 1)[0]
-            try:
-                out[base] = out.get(base, 0.0) + float(value)
-            except ValueError:
-                pass
+        if not line.startswith("edge_gw_") or " " not in line:
+            continue
+        name, value = line.rsplit(" ", 1)
+        base = name.split("{", 1)[0]
+        if base == "edge_gw_poll_lateness_seconds_bucket":
+            base += "|" + name.split('le="', 1)[1].split('"', 1)[0]
+        try:
+            out[base] = out.get(base, 0.0) + float(value)
+        except ValueError:
+            pass
     return out
 
 
-def run_daemon_mode(ports: list[int], duration: float, warmup: float) -> dict[str, Any]:
+def bucket_quantile(m0: dict[str, float], m1: dict[str, float], q: float) -> float:
+    """q-quantile (ms) of the poll lateness histogram between two scrapes: the upper bound
+    of the bucket it falls in (Prometheus-style, without interpolation below it)."""
+    key = "edge_gw_poll_lateness_seconds_bucket|"
+    labels = sorted((k[len(key) :] for k in m1 if k.startswith(key)), key=float)
+    total = m1.get(key + "+Inf", 0.0) - m0.get(key + "+Inf", 0.0)
+    if not total:
+        return float("nan")
+    for label in labels:
+        if m1.get(key + label, 0.0) - m0.get(key + label, 0.0) >= q * total:
+            return float(label) * 1000
+    return float("inf")
+
+
+def api_get(base: str, path: str) -> Any:
+    return json.loads(urllib.request.urlopen(base + path, timeout=30).read())
+
+
+def ts_jitter(base: str, first_seq: int, last_seq: int, cap: int) -> tuple[float, float, int]:
+    """Jitter from the records themselves: per device, the spacing of consecutive polls'
+    acquisition times vs. the 1 s interval; p50/p99 of |spacing - 1 s| in ms."""
+    by_dev: dict[str, set[float]] = {}
+    after, fetched = first_seq, 0
+    while after < last_seq and fetched < cap:
+        page = api_get(base, f"/api/v1/records?after_seq={after}&limit=10000")["records"]
+        if not page:
+            break
+        for r in page:
+            if r["seq"] > last_seq:
+                break
+            if r["kind"] == "telemetry":
+                by_dev.setdefault(r["dev"], set()).add(r["ts"])
+        after = page[-1]["seq"]
+        fetched += len(page)
+    dev_gaps = [
+        abs((b - a) - 1.0) * 1000
+        for ts in by_dev.values()
+        for a, b in zip(sorted(ts), sorted(ts)[1:], strict=False)
+    ]
+    dev_gaps.sort()
+    if not dev_gaps:
+        return float("nan"), float("nan"), 0
+    return (
+        dev_gaps[len(dev_gaps) // 2],
+        dev_gaps[min(len(dev_gaps) - 1, int(0.99 * len(dev_gaps)))],
+        len(dev_gaps),
+    )
+
+
+def run_daemon_mode(
+    ports: list[int], duration: float, warmup: float, profile: Path | None = None
+) -> dict[str, Any]:
+    """The real gateway process: ``edge-gateway run`` with one Modbus TCP device per port."""
+    sys.path.insert(0, str(ROOT))
+    from tests.support.core_daemon import free_port
+
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "generated.toml"
-        api_port = 18470
+        api_port = free_port()
         generate_config(ports, cfg, api_port)
-        exe = ROOT / ".venv" / "bin" / "edge-gateway"
-        p = subprocess.Popen([str(exe), "run", "-c", str(cfg)], env=_env())
+        base = f"http://127.0.0.1:{api_port}"
+        log = open(Path(tmp) / "gateway.log", "w")
+        p = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "run", "-c", str(cfg)],
+            env=_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        spy: subprocess.Popen[bytes] | None = None
         try:
-            time.sleep(2 + warmup)
-            url = f"http://127.0.0.1:{api_port}/metrics"
-            m0, cpu0 = scrape(url), proc_cpu_seconds(p.pid)
+            deadline = time.monotonic() + 60
+            while True:
+                if p.poll() is not None:
+                    raise SystemExit(f"gateway exited: {Path(tmp, 'gateway.log').read_text()}")
+                try:
+                    if api_get(base, "/api/v1/health").get("ready"):
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit("gateway not ready within 60 s")
+                time.sleep(0.2)
+            time.sleep(warmup)
+            url = f"{base}/metrics"
+            seq0 = api_get(base, "/api/v1/records?after_seq=0&limit=1")["last_seq"]
+            m0, cpu0, t0 = scrape(url), proc_cpu_seconds(p.pid), time.monotonic()
+            if profile is not None:
+                spy = subprocess.Popen(
+                    [
+                        str(Path(sys.executable).parent / "py-spy"),
+                        "record",
+                        "--pid",
+                        str(p.pid),
+                        "--duration",
+                        str(int(duration)),
+                        "--rate",
+                        "50",
+                        "--nonblocking",  # sampling must not pause the gateway
+                        "--format",
+                        "raw",
+                        "-o",
+                        str(profile),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             time.sleep(duration)
-            m1, cpu1 = scrape(url), proc_cpu_seconds(p.pid)
+            m1, cpu1, t1 = scrape(url), proc_cpu_seconds(p.pid), time.monotonic()
+            seq1 = api_get(base, "/api/v1/records?after_seq=0&limit=1")["last_seq"]
             rss = proc_peak_rss_mb(p.pid)
+            if spy is not None:
+                spy.wait(60)
+            # after the CPU window: read the records back (bounded) for ts-based jitter
+            j50, j99, n_gaps = ts_jitter(base, seq0, seq1, cap=200_000)
         finally:
             p.send_signal(signal.SIGTERM)
-            p.wait(30)
-    req = m1.get("edge_gw_modbus_requests_total", 0) - m0.get("edge_gw_modbus_requests_total", 0)
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            log.close()
+
+    def delta(name: str) -> float:
+        return m1.get(name, 0.0) - m0.get(name, 0.0)
+
+    polls = delta("edge_gw_polls_total")  # ok + failed
+    req = delta("edge_gw_modbus_requests_total")
+    failures = delta("edge_gw_modbus_request_failures_total")
+    elapsed = t1 - t0
     return {
-        "points": req * len(DAEMON_POINTS),  # one request per poll reads all points
-        "polls": req,
+        "points": delta("edge_gw_records_total"),
+        "records": delta("edge_gw_records_total"),
+        "polls": polls,
         "requests": req,
-        "failed": 0,
-        "jitter_p50_ms": float("nan"),
-        "jitter_p99_ms": float("nan"),
+        "failed": failures,
+        "skipped": delta("edge_gw_polls_skipped_total"),
+        "jitter_p50_ms": j50,
+        "jitter_p99_ms": j99,
+        "jitter_samples": n_gaps,
+        "lateness_p50_ms": bucket_quantile(m0, m1, 0.5),
+        "lateness_p99_ms": bucket_quantile(m0, m1, 0.99),
         "cpu_seconds": cpu1 - cpu0,
         "peak_rss_mb": rss,
-        "duration": duration,
+        "duration": elapsed,
     }
 
 
@@ -284,7 +419,13 @@ def report(n: int, r: dict[str, Any]) -> str:
         f"{n:>5} dev  {pts_s:>9.0f} points/s  {r['cpu_seconds'] / r['duration']:>5.2f} core  "
         f"{cpu_10k:>6.3f} cpu-s/10k pts  peak RSS {r['peak_rss_mb']:>6.1f} MB  "
         f"jitter p50 {r['jitter_p50_ms']:>6.1f} ms p99 {r['jitter_p99_ms']:>6.1f} ms  "
-        f"requests/poll {r['requests'] / max(1, r['polls']):.2f}  failed polls {r['failed']}"
+        f"requests/poll {r['requests'] / max(1, r['polls']):.2f}  failed {r['failed']:.0f}"
+        f"  skipped {r.get('skipped', 0):.0f}"
+        + (
+            f"  lateness(histogram) p50<={r['lateness_p50_ms']:g} ms p99<={r['lateness_p99_ms']:g} ms"
+            if "lateness_p50_ms" in r
+            else ""
+        )
     )
 
 
@@ -295,7 +436,12 @@ def main() -> int:
     ap.add_argument("--devices", type=int, nargs="*", default=[1, 10, 100, 1000])
     ap.add_argument("--duration", type=float, default=20.0, help="measured seconds per size")
     ap.add_argument("--warmup", type=float, default=3.0)
-    ap.add_argument("--mode", choices=("driver", "daemon"), default="driver")
+    ap.add_argument("--mode", choices=("driver", "daemon"), default="daemon")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="daemon mode: record the gateway with py-spy into this file (raw, per size)",
+    )
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -310,8 +456,11 @@ def main() -> int:
     for n in args.devices:
         farms, ports = start_farms(n)
         try:
-            run = run_driver_mode if args.mode == "driver" else run_daemon_mode
-            r = run(ports, args.duration, args.warmup)
+            if args.mode == "driver":
+                r = run_driver_mode(ports, args.duration, args.warmup)
+            else:
+                prof = args.profile.with_suffix(f".{n}.txt") if args.profile else None
+                r = run_daemon_mode(ports, args.duration, args.warmup, prof)
         finally:
             stop(farms)
         results[n] = r

@@ -141,8 +141,14 @@ async def test_corrupt_answers_are_counted_retried_and_survived(
     try:
         await bus.read(env, env.points)
         sim.device("env").set_fault(fault)
+        t0 = time.monotonic()
         with pytest.raises(DeviceUnavailable) as e:
             await bus.read(env, env.points)
+        took = time.monotonic() - t0
+        if fault == "crc":
+            # a complete answer with a bad CRC (or a broken TCP frame) fails at once, not
+            # after the timeout: pymodbus alone would report it as a timeout
+            assert took < 0.2, f"{took:.3f}s for two corrupt answers"
         reason = {"crc": {"tcp": "bad_length"}, "truncate": {}}[fault].get(
             transport, "crc" if fault == "crc" else "truncated"
         )
@@ -188,6 +194,17 @@ async def test_late_answer_is_not_taken_for_the_next_one(
         assert r.values["power"] == 96.5 and r.errors == {}
         r = await bus.read(env, env.points)
         assert r.values["pressure"] == 101325
+        if transport != "tcp":
+            # the late answer arrived between requests (on TCP it may instead arrive during
+            # the next request and be dropped by transaction id)
+            await asyncio.sleep(0.3)
+            sim.device("env").set_fault("late", delay=0.25)
+            with pytest.raises(DeviceUnavailable):
+                await bus.read(env, env.points)
+            sim.device("env").set_fault("none")
+            await asyncio.sleep(0.2)
+            assert metric("edge_gw_modbus_stale_answers_total", bus=bus.spec.name) >= 1
+            assert (await bus.read(env, env.points)).values["co2"] == 612
     finally:
         await bus.close()
 
@@ -379,3 +396,51 @@ async def test_shared_rtu_line_with_two_dead_devices() -> None:
         gaps = [b - a for a, b in zip(ts, ts[1:], strict=False)]
         assert len(gaps) >= 4
         assert max(gaps) <= poll + timeout + 0.05, f"{sp.id}: {max(gaps):.3f}s between polls"
+
+
+# ------------------------------------------------------------------ the line lock
+
+
+async def test_line_serves_healthy_devices_before_suspects() -> None:
+    from drivers.modbus.driver import Line
+
+    line = Line()
+    order: list[str] = []
+
+    async def user(name: str, suspect: bool) -> None:
+        async with line.hold(suspect):
+            order.append(name)
+            await asyncio.sleep(0.01)
+
+    await line.acquire()  # someone is on the line; the others queue up in this order
+    tasks = [
+        asyncio.create_task(user(n, s))
+        for n, s in [("dead-1", True), ("live-1", False), ("dead-2", True), ("live-2", False)]
+    ]
+    await asyncio.sleep(0.01)
+    line.release()
+    await asyncio.gather(*tasks)
+    assert order == ["live-1", "live-2", "dead-1", "dead-2"]
+    assert not line.busy
+
+
+async def test_line_survives_cancelled_waiters() -> None:
+    from drivers.modbus.driver import Line
+
+    line = Line()
+    await line.acquire()
+    waiting = asyncio.create_task(line.acquire())
+    handed = asyncio.create_task(line.acquire(suspect=True))
+    await asyncio.sleep(0)
+    waiting.cancel()  # cancelled while queued: leaves the queue
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    line.release()  # hands the line to `handed` ...
+    handed.cancel()  # ... which is cancelled before it runs: it must pass the line on
+    with pytest.raises(asyncio.CancelledError):
+        await handed
+    assert not line.busy
+    async with asyncio.timeout(1):
+        async with line.hold():
+            assert line.busy
+    assert not line.busy

@@ -1,4 +1,5 @@
-"""Codec: byte vectors for every type and order, malformed input, framing, planning,
+"""Codec: byte vectors for every type and order, malformed input, requests and answers,
+failure naming, planning,
 property tests for round trips. pymodbus serves as an independent oracle where it has one."""
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.framer.rtu import FramerRTU
+from pymodbus.pdu import DecodePDU, ModbusPDU
 
 from drivers.modbus import codec
+from drivers.modbus.client import issue
 from drivers.modbus.codec import CodecError, ReadBlock, Span, ValueSpec
 
 
@@ -191,7 +194,7 @@ def test_crc_agrees_with_pymodbus(data: bytes) -> None:
 
 def test_crc_known_vector() -> None:
     # Read holding registers unit 1, start 0, count 10: 01 03 00 00 00 0A C5 CD
-    assert codec.rtu_frame(1, bytes.fromhex("030000000A")).hex() == "01030000000ac5cd"
+    assert codec.crc16(bytes.fromhex("01030000000A")).to_bytes(2, "little").hex() == "c5cd"
 
 
 # ------------------------------------------------------------------ round trips
@@ -284,48 +287,104 @@ def test_encode_rejects(type_: str, value: object, reason: str) -> None:
     assert e.value.reason == reason
 
 
-# ------------------------------------------------------------------ PDUs and frames
+# ------------------------------------------------------------------ requests on the wire
 
 
-def test_read_pdus() -> None:
-    assert codec.build_read("coil", 19, 37).hex() == "0100130025"
-    assert codec.build_read("discrete", 196, 22).hex() == "0200c40016"
-    assert codec.build_read("holding", 107, 3).hex() == "03006b0003"
-    assert codec.build_read("input", 8, 1).hex() == "0400080001"
+class _Recorder(ModbusClientMixin[ModbusPDU]):
+    """A pymodbus client surface that returns the request PDU instead of sending it."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+
+    def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:
+        return request
+
+
+def rtu_wire(req: codec.Request, unit: int) -> str:
+    pdu = issue(_Recorder(), unit, req)
+    return FramerRTU(DecodePDU(False)).buildFrame(pdu).hex()
+
+
+def pdu_hex(req: codec.Request) -> str:
+    return rtu_wire(req, 1)[2:-4]
+
+
+def test_requests_become_the_standard_bytes_through_pymodbus() -> None:
+    # Spec examples (Modbus Application Protocol V1.1b3, section 6) as PDUs.
+    assert pdu_hex(codec.read_request("coil", 19, 19)) == "0100130013"
+    assert pdu_hex(codec.read_request("discrete", 196, 22)) == "0200c40016"
+    assert pdu_hex(codec.read_request("holding", 107, 3)) == "03006b0003"
+    assert pdu_hex(codec.read_request("input", 8, 1)) == "0400080001"
+    assert pdu_hex(codec.write_coil_request(172, True)) == "0500acff00"
+    assert pdu_hex(codec.write_coil_request(172, False)) == "0500ac0000"
+    assert pdu_hex(codec.write_register_request(1, 3)) == "0600010003"
+    bits = [True, False, True, True, False, False, True, True, True, False]
+    assert pdu_hex(codec.write_coils_request(19, bits)) == "0f0013000a02cd01"
+    assert pdu_hex(codec.write_registers_request(1, [0x000A, 0x0102])) == "100001000204000a0102"
+    # A whole RTU frame: read holding unit 1, start 0, count 10 -> CRC C5 CD.
+    assert rtu_wire(codec.read_request("holding", 0, 10), 1) == "01030000000ac5cd"
+
+
+def test_requests_validate() -> None:
     for bad in (("holding", 0, 126), ("coil", 0, 2001), ("holding", 65535, 2), ("input", 0, 0)):
         with pytest.raises(CodecError):
-            codec.build_read(*bad)
+            codec.read_request(*bad)
+    with pytest.raises(CodecError) as e:
+        codec.write_register_request(1, 70000)
+    assert e.value.reason == "out_of_range"
+    with pytest.raises(CodecError):
+        codec.write_registers_request(0, [])
+    with pytest.raises(CodecError):
+        codec.write_registers_request(65530, [0] * 10)
+    with pytest.raises(CodecError):
+        codec.write_coils_request(0, [True] * 1969)
+    assert codec.read_request("holding", 65535, 1).count == 1
 
 
-def test_write_pdus() -> None:
-    assert codec.build_write_coil(172, True).hex() == "0500acff00"
-    assert codec.build_write_coil(172, False).hex() == "0500ac0000"
-    assert codec.build_write_register(1, 3).hex() == "0600010003"
-    assert (
-        codec.build_write_coils(
-            19, [True, False, True, True, False, False, True, True, True, False]
-        ).hex()
-        == "0f0013000a02cd01"
-    )
-    assert codec.build_write_registers(1, [0x000A, 0x0102]).hex() == "100001000204000a0102"
+# ------------------------------------------------------------------ answers
 
 
-def test_parse_read_responses() -> None:
-    req = codec.build_read("holding", 107, 3)
-    assert codec.parse_response(req, bytes.fromhex("0306022b00000064")) == [0x022B, 0, 0x64]
-    req = codec.build_read("coil", 19, 10)
-    assert codec.parse_response(req, bytes.fromhex("0102cd01")) == [
-        True,
-        False,
-        True,
-        True,
-        False,
-        False,
-        True,
-        True,
-        True,
-        False,
-    ]
+def test_check_answer_reads() -> None:
+    req = codec.read_request("holding", 107, 3)
+    assert codec.check_answer(req, 3, [0x022B, 0, 0x64]) == [0x022B, 0, 0x64]
+    req = codec.read_request("coil", 19, 10)
+    padded = [True, False, True, True, False, False, True, True, True, False, False, False]
+    padded += [False] * 4
+    assert codec.check_answer(req, 1, padded) == padded[:10]
+
+
+@pytest.mark.parametrize(
+    "req,fc,data,echo,reason",
+    [
+        (codec.read_request("holding", 107, 3), 3, [1, 2], None, "bad_length"),
+        (codec.read_request("holding", 107, 3), 3, [1, 2, 3, 4], None, "bad_length"),
+        (codec.read_request("holding", 107, 3), 4, [1, 2, 3], None, "wrong_function"),
+        (codec.read_request("coil", 0, 10), 1, [True] * 8, None, "bad_length"),
+        (codec.read_request("coil", 0, 10), 1, [True] * 24, None, "bad_length"),
+        (codec.write_register_request(1, 3), 6, [4], (1, None), "bad_echo"),
+        (codec.write_register_request(1, 3), 6, [3], (2, None), "bad_echo"),
+        (codec.write_coil_request(1, True), 5, [False], (1, None), "bad_echo"),
+        (codec.write_registers_request(1, [1, 2]), 16, [], (1, 3), "bad_echo"),
+    ],
+)
+def test_check_answer_rejects(
+    req: codec.Request,
+    fc: int,
+    data: list[int],
+    echo: tuple[int, int | None] | None,
+    reason: str,
+) -> None:
+    addr, count = echo or (None, None)
+    with pytest.raises(codec.MalformedFrame) as e:
+        codec.check_answer(req, fc, data, echo_address=addr, echo_count=count)
+    assert e.value.reason == reason
+
+
+def test_check_answer_writes() -> None:
+    assert codec.check_answer(codec.write_register_request(1, 3), 6, [3], echo_address=1) is None
+    assert codec.check_answer(codec.write_coil_request(9, True), 5, [True], echo_address=9) is None
+    req = codec.write_registers_request(1, [1, 2])
+    assert codec.check_answer(req, 16, [], echo_address=1, echo_count=2) is None
 
 
 @pytest.mark.parametrize(
@@ -335,16 +394,16 @@ def test_parse_read_responses() -> None:
         ("0306022b0000", "bad_length"),  # byte count says 6, 4 bytes follow
         ("0304022b0000", "bad_length"),  # 2 registers where 3 were asked
         ("0306022b0000006400", "bad_length"),  # trailing byte
-        ("04060000000000000", "wrong_function"),
+        ("0406000000000000", "wrong_function"),
         ("83", "malformed"),  # exception without a code
         ("830201", "malformed"),
+        ("8302", ""),
+        ("0306022b00000064", ""),
     ],
 )
-def test_malformed_responses(answer: str, reason: str) -> None:
-    req = codec.build_read("holding", 107, 3)
-    with pytest.raises(codec.MalformedFrame) as e:
-        codec.parse_response(req, bytes.fromhex(answer.ljust(len(answer) + len(answer) % 2, "0")))
-    assert e.value.reason == reason
+def test_check_pdu(answer: str, reason: str) -> None:
+    req = codec.read_request("holding", 107, 3)
+    assert codec.check_pdu(req, bytes.fromhex(answer)) == reason
 
 
 @pytest.mark.parametrize(
@@ -357,77 +416,80 @@ def test_malformed_responses(answer: str, reason: str) -> None:
         (77, "exception_other"),
     ],
 )
-def test_exception_responses(code: int, reason: str) -> None:
-    req = codec.build_read("input", 0, 1)
-    with pytest.raises(codec.ModbusExceptionResponse) as e:
-        codec.parse_response(req, bytes((0x84, code)))
-    assert e.value.code == code and e.value.reason == reason
+def test_exception_reasons(code: int, reason: str) -> None:
+    e = codec.ModbusExceptionResponse(4, code)
+    assert e.code == code and e.reason == reason
 
 
-def test_write_echo_must_match() -> None:
-    req = codec.build_write_register(1, 3)
-    assert codec.parse_response(req, req) is None
-    with pytest.raises(codec.MalformedFrame) as e:
-        codec.parse_response(req, bytes.fromhex("0600010004"))
-    assert e.value.reason == "bad_echo"
+# ------------------------------------------------------------------ naming failures
 
 
-def test_mbap() -> None:
-    frame = codec.mbap_frame(0x1234, 7, codec.build_read("holding", 0, 2))
-    assert frame.hex() == "1234000000060703" + "00000002"
-    assert codec.mbap_header(frame[:7]) == (0x1234, 0, 6, 7)
-    with pytest.raises(codec.MalformedFrame):
-        codec.mbap_header(bytes.fromhex("12340001000607"))  # protocol id 1
-    with pytest.raises(codec.MalformedFrame):
-        codec.mbap_header(bytes.fromhex("12340000000007"))  # length 0
+def rtu(unit: int, pdu_hex_: str) -> bytes:
+    body = bytes((unit,)) + bytes.fromhex(pdu_hex_)
+    return body + codec.crc16(body).to_bytes(2, "little")
 
 
-def test_rtu_find_response() -> None:
-    req = codec.build_read("holding", 0, 2)
-    good = codec.rtu_frame(5, bytes.fromhex("0304000a000b"))
-    r = codec.rtu_find_response(good, 5, req)
-    assert (r.status, r.skip, r.length, r.pdu.hex()) == ("frame", 0, 9, "0304000a000b")
-    r = codec.rtu_find_response(b"\x00\xff" + good, 5, req)  # noise before the frame
-    assert (r.status, r.skip) == ("frame", 2)
-    r = codec.rtu_find_response(good[:5], 5, req)
-    assert r.status == "need_more"
+def test_classify_rtu() -> None:
+    req = codec.read_request("holding", 0, 2)
+    good = rtu(5, "0304000a000b")
+    cls = codec.classify_unanswered
+    assert cls("rtu", b"", 5, req) == "timeout"
+    assert cls("rtu", good[:5], 5, req) == "truncated"
+    assert cls("rtu", b"\x05", 5, req) == "truncated"
     bad = good[:-1] + bytes((good[-1] ^ 1,))
-    assert codec.rtu_find_response(bad, 5, req).status == "crc"
-    exc = codec.rtu_frame(5, b"\x83\x02")
-    r = codec.rtu_find_response(exc, 5, req)
-    assert (r.status, r.pdu) == ("frame", b"\x83\x02")
-    other_unit = codec.rtu_frame(6, bytes.fromhex("0304000a000b"))
-    r = codec.rtu_find_response(other_unit, 5, req)
-    assert r.status == "need_more" and r.skip == len(other_unit)
+    assert cls("rtu", bad, 5, req) == "crc"
+    assert cls("rtu", b"\x00\xff" + bad, 5, req) == "crc"  # noise before the frame
+    exc_bad = rtu(5, "8302")[:-1] + b"\x00"
+    assert cls("rtu", exc_bad, 5, req) == "crc"
+    assert cls("rtu", rtu(5, "0302000a000b"), 5, req) == "bad_length"
+    assert cls("rtu", rtu(6, "0304000a000b"), 5, req) == "malformed"  # another unit
+    assert cls("rtu", b"garbage!", 5, req) == "malformed"
+    # fail-fast only for a complete, unusable answer
+    assert codec.rtu_answer_failed(bad, 5, req) == "crc"
+    assert codec.rtu_answer_failed(good, 5, req) == ""
+    assert codec.rtu_answer_failed(good[:5], 5, req) == ""
+    assert codec.rtu_answer_failed(rtu(5, "8302"), 5, req) == ""
 
 
-@given(st.binary(max_size=64))
-def test_rtu_find_response_never_crashes(noise: bytes) -> None:
-    req = codec.build_read("input", 0, 3)
-    r = codec.rtu_find_response(noise, 9, req)
-    assert r.status in ("frame", "need_more", "crc")
-    assert 0 <= r.skip <= len(noise)
-    if r.status == "frame":
-        assert r.pdu[0] in (0x04, 0x84)
+def test_classify_mbap() -> None:
+    req = codec.read_request("holding", 0, 2)
+    cls = codec.classify_unanswered
+    frame = bytes.fromhex("1234000000070703" + "04000a000b")
+    assert cls("socket", frame[:6], 7, req) == "truncated"
+    assert cls("socket", frame[:10], 7, req) == "truncated"
+    assert cls("socket", bytes.fromhex("1234000100070703" + "04000a000b"), 7, req) == (
+        "bad_protocol"
+    )
+    assert cls("socket", bytes.fromhex("1234000000000703"), 7, req) == "bad_length"
+    corrupt = bytes.fromhex("1234000000070703" + "05000a000b")  # byte count 5 for 4 bytes
+    assert cls("socket", corrupt, 7, req) == "bad_length"
+    assert cls("socket", frame, 7, req) == "malformed"  # well formed but not taken
 
 
-@given(st.binary(min_size=7, max_size=7))
-def test_mbap_header_never_crashes(data: bytes) -> None:
-    try:
-        tid, proto, length, unit = codec.mbap_header(data)
-    except codec.MalformedFrame:
-        return
-    assert proto == 0 and 2 <= length <= 254
+REASONS = {
+    "timeout",
+    "crc",
+    "truncated",
+    "bad_length",
+    "wrong_function",
+    "bad_protocol",
+    "malformed",
+}
 
 
-@given(st.binary(max_size=260))
-def test_parse_response_rejects_garbage_cleanly(answer: bytes) -> None:
-    req = codec.build_read("holding", 0, 4)
-    try:
-        regs = codec.parse_response(req, answer)
-    except (codec.MalformedFrame, codec.ModbusExceptionResponse):
-        return
-    assert regs is not None and len(regs) == 4
+@given(st.binary(max_size=80), st.sampled_from(["rtu", "socket"]), st.integers(0, 255))
+def test_classify_never_crashes(noise: bytes, framing: str, unit: int) -> None:
+    req = codec.read_request("input", 0, 3)
+    assert codec.classify_unanswered(framing, noise, unit, req) in REASONS
+    assert codec.rtu_answer_failed(noise, unit, req) in {"", "crc", "bad_length", "wrong_function"}
+
+
+@given(st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=20), st.integers(1, 247))
+def test_valid_rtu_answer_never_fails_fast(regs: list[int], unit: int) -> None:
+    req = codec.read_request("holding", 0, len(regs))
+    answer = rtu(unit, "03" + f"{2 * len(regs):02x}" + "".join(f"{r:04x}" for r in regs))
+    assert codec.rtu_answer_failed(answer, unit, req) == ""
+    assert codec.check_pdu(req, answer[1:-2]) == ""
 
 
 # ------------------------------------------------------------------ planning
