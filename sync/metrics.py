@@ -64,8 +64,9 @@ UPLINK_ACK_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 COMMANDS = Counter(
-    "edge_gw_commands_total",
-    "Downlink commands received by outcome (ok, rejected, failed, expired, malformed)",
+    "edge_gw_uplink_commands_total",
+    "Downlink commands received on this uplink by outcome (ok, rejected, failed, expired, "
+    "malformed); the core's edge_gw_commands_total counts every command source together",
     ["uplink", "outcome"],
 )
 
