@@ -145,6 +145,10 @@ class UplinkEngine:
         self._status = status or (lambda: {})
         self._retry: list[Outgoing] = []
         self._hw = 0
+        # every live record up to this seq has been claimed (and is in flight, acked or in
+        # _retry): no live claim is needed until the buffer's last_seq passes it
+        self._live_upto = 0
+        self._acking: set[asyncio.Task[None]] = set()
         self._backlog_empty = False
         self._connected = False
         self._connected_since: float | None = None
@@ -170,6 +174,7 @@ class UplinkEngine:
 
     # ------------------------------------------------------------------ public surface
     def state(self) -> dict[str, Any]:
+        self._update_state(time.monotonic(), force=True)
         return {
             "name": self.name,
             "kind": self.kind,
@@ -190,8 +195,23 @@ class UplinkEngine:
             **self._stats.extra,
         }
 
-    async def run(self) -> None:  # pragma: no cover - overridden
+    async def run(self) -> None:
+        """Run the link until cancelled; ``pending``/``lag`` gauges stay fresh while the
+        link is down (that is when they matter)."""
+        keeper = asyncio.create_task(self._keep_state(), name=f"uplink-{self.name}-state")
+        try:
+            await self._run_link()
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    async def _run_link(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    async def _keep_state(self) -> None:
+        while True:
+            self._update_state(time.monotonic())
+            await asyncio.sleep(_STATE_EVERY)
 
     # ------------------------------------------------------------------ transport hooks
     async def _send(self, item: Outgoing) -> None:
@@ -201,7 +221,7 @@ class UplinkEngine:
     # ------------------------------------------------------------------ sessions
     def _begin_session(self, *, up: bool = True) -> None:
         """A (re)connected link: records captured before now are backlog."""
-        self._hw = self._buffer.last_seq
+        self._hw = self._live_upto = self._buffer.last_seq
         self._backlog_empty = self._hw == 0
         for item in self._retry:
             if not item.hist:  # sent live before the outage; now it is a replay
@@ -266,9 +286,13 @@ class UplinkEngine:
         if self._retry:
             return self._retry.pop(0)
         limit = self._batch_limit
-        live = await self._buffer.claim(self.name, max_records=limit, min_seq=self._hw + 1)
-        if live is not None and live.records:
-            return self._outgoing(live, False)
+        last = self._buffer.last_seq
+        if last > self._live_upto:
+            live = await self._buffer.claim(self.name, max_records=limit, min_seq=self._hw + 1)
+            if live is None or len(live.records) < limit:
+                self._live_upto = last  # everything live up to `last` is claimed now
+            if live is not None and live.records:
+                return self._outgoing(live, False)
         if self._backlog_empty:
             return _Nothing(1.0, True)
         if not self._bucket.unlimited:
@@ -284,8 +308,8 @@ class UplinkEngine:
         self._backlog_empty = True
         return _Nothing(1.0, True)
 
-    def _update_state(self, now: float) -> None:
-        if now < self._next_state:
+    def _update_state(self, now: float, *, force: bool = False) -> None:
+        if now < self._next_state and not force:
             return
         self._next_state = now + _STATE_EVERY
         try:
@@ -372,6 +396,22 @@ class UplinkEngine:
             finally:
                 self._inflight = 0
                 self._m_inflight.set(0)
+                await self._wait_acks()
+
+    async def _ack(self, batch: Any) -> None:
+        try:
+            await self._buffer.ack(batch)
+        except Exception:  # the buffer is closing: unacked records are sent again later
+            log.warning("uplink %s: acknowledging batch %s failed", self.name, batch.batch_id, exc_info=True)
+            return
+        n = len(batch.records)
+        self._stats.acked += n
+        self._m_batches["acked"].inc()
+        self._m_records["acked"].inc(n)
+
+    async def _wait_acks(self) -> None:
+        if self._acking:
+            await asyncio.wait(set(self._acking))
 
     async def _harvest(
         self,
@@ -387,11 +427,12 @@ class UplinkEngine:
             exc = asyncio.CancelledError() if task.cancelled() else task.exception()
             n = len(item.batch.records)
             if exc is None:
-                await self._buffer.ack(item.batch)
-                self._stats.acked += n
-                self._m_batches["acked"].inc()
-                self._m_records["acked"].inc(n)
                 self._m_ack.observe(time.monotonic() - item.started)
+                # The acknowledgement is written in the background: the pump goes on
+                # claiming while the buffer's writer deletes (its queue keeps the order).
+                ack = asyncio.create_task(self._ack(item.batch), name=f"uplink-{self.name}-ack")
+                self._acking.add(ack)
+                ack.add_done_callback(self._acking.discard)
                 if self._batch_limit < self.config.batch_max_records and n >= self._batch_limit:
                     self._batch_limit = min(self.config.batch_max_records, self._batch_limit * 2)
                 continue
@@ -403,6 +444,7 @@ class UplinkEngine:
                     self.name, n, exc.reason, self._batch_limit,
                 )
                 await self._buffer.release(item.batch)
+                self._live_upto = self._hw  # released live records are claimable again
                 self._m_batches["failed"].inc()
                 self._m_records["failed"].inc(n)
                 continue

@@ -68,7 +68,7 @@ class HttpsUplink(UplinkEngine):
             self._headers["Authorization"] = f"Bearer {config.token.get_secret_value()}"
         self._stats.extra.update(url=config.url)
 
-    async def run(self) -> None:
+    async def _run_link(self) -> None:
         cfg = self.config
         connector = aiohttp.TCPConnector(
             ssl=self._ssl if self._ssl is not None else False, limit=cfg.window

@@ -87,7 +87,7 @@ class MqttUplink(UplinkEngine):
             tls_context=self._ssl,
         )
 
-    async def run(self) -> None:
+    async def _run_link(self) -> None:
         """Connect, publish, reconnect; returns only by cancellation."""
         first = True
         try:

@@ -43,7 +43,7 @@ async def wait_until(pred: Any, timeout: float, step: float = 0.1) -> None:
 
 
 def summary(platform: PlatformSim) -> dict[str, Any]:
-    return platform.store.summary(GW)["gateways"].get(GW, {})
+    return dict(platform.store.summary(GW)["gateways"].get(GW, {}))
 
 
 async def drained(buf: Buffer, platform: PlatformSim, timeout: float) -> dict[str, Any]:

@@ -199,5 +199,5 @@ async def test_commands_outcomes(tmp_path: Path, broker: Mosquitto, platform: Pl
     assert by_id["c-old"][0]["outcome"] == "expired"
     assert by_id["c-bad"][0]["outcome"] == "rejected" and "device" in by_id["c-bad"][0]["reason"]
     assert len(results) == 7  # the payload without an id got no answer...
-    assert (REGISTRY.get_sample_value("edge_gw_commands_total", {"uplink": "city", "outcome": "malformed"}) or 0) >= 1
+    assert (REGISTRY.get_sample_value("edge_gw_uplink_commands_total", {"uplink": "city", "outcome": "malformed"}) or 0) >= 1
     json.dumps(results)

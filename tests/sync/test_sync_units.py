@@ -19,7 +19,14 @@ from pydantic import ValidationError
 from gateway.record import Record
 from sync import uplink_schema
 from sync.backoff import Backoff, TokenBucket, parse_retry_after
-from sync.codec import CommandError, decode_payload, encode_batch, parse_command, parse_deadline
+from sync.codec import (
+    CommandError,
+    decode_payload,
+    encode_batch,
+    encode_batch_generic,
+    parse_command,
+    parse_deadline,
+)
 
 
 def rec(seq: int, kind: str = "telemetry") -> Record:
@@ -227,3 +234,69 @@ async def test_proxy_pass_cut_blackhole_latency() -> None:
         w.close()
     server.close()
     await server.wait_closed()
+
+
+# ------------------------------------------------------------------ fast envelope encoder
+_text = st.text(max_size=12)  # any code point except lone surrogates (not UTF-8 encodable)
+_finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def _records(draw: st.DrawFn) -> Record:
+    v = draw(st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), _finite, _text))
+    r = Record(
+        gw=draw(_text), dev=draw(_text), cls=draw(_text), pt=draw(_text),
+        kind=draw(st.sampled_from(["telemetry", "state", "event", "lifecycle"])),
+        v=v, ts=draw(st.one_of(_finite, st.integers(0, 2**40))),
+        q=draw(st.sampled_from(["good", "uncertain", "bad", "stale"])),
+        u=draw(st.one_of(st.none(), _text)),
+        tsd=draw(st.one_of(st.none(), _finite)),
+        sev=draw(st.one_of(st.none(), st.sampled_from(["critical", "major", "minor", "info"]))),
+        attrs=draw(st.one_of(st.none(), st.dictionaries(_text, st.one_of(_text, st.integers(), st.booleans()), max_size=3))),
+        id=draw(st.one_of(st.uuids().map(str), _text)),
+    )
+    r.seq = draw(st.integers(0, 2**53))
+    return r
+
+
+@given(st.lists(_records(), max_size=8), _text, st.booleans())
+def test_fast_encoder_is_byte_identical_to_json_dumps(recs: list[Record], batch_id: str, hist: bool) -> None:
+    fast = encode_batch("gw-1", batch_id, recs, hist=hist)
+    assert fast == encode_batch_generic("gw-1", batch_id, recs, hist=hist)
+    assert json.loads(fast)["records"] == [r.to_dict() for r in recs]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("field", ["v", "ts", "tsd"])
+def test_fast_encoder_refuses_non_finite_numbers_like_json_dumps(bad: float, field: str) -> None:
+    r = rec(1)
+    setattr(r, field, bad)
+    with pytest.raises(ValueError):
+        encode_batch_generic("g", "b", [r], hist=False)
+    with pytest.raises(ValueError):
+        encode_batch("g", "b", [r], hist=False)
+
+
+def test_fast_encoder_series_cache_is_bounded() -> None:
+    from sync import codec
+
+    for i in range(codec._SERIES_CACHE_MAX + 10):
+        r = rec(i)
+        r.dev = f"dev-{i}"
+        assert encode_batch("g", "b", [r], hist=False) == encode_batch_generic("g", "b", [r], hist=False)
+    assert len(codec._series_json) <= codec._SERIES_CACHE_MAX
+
+
+def test_fast_encoder_vectors() -> None:
+    r = Record(gw="g", dev="d\u00e9\"", cls="c", pt="p", kind="event", v=True, ts=1.5, sev="critical",
+               attrs={"k": "\u4e2d"}, id="i", u="%")
+    r.seq = 7
+    assert encode_batch("g", "b", [r], hist=False) == (
+        '{"gw":"g","batch_id":"b","hist":false,"records":[{"id":"i","seq":7,"gw":"g",'
+        '"dev":"d\u00e9\\"","cls":"c","pt":"p","kind":"event","v":true,"u":"%","q":"good",'
+        '"ts":1.5,"sev":"critical","attrs":{"k":"\u4e2d"}}]}'
+    ).encode()
+    with pytest.raises(UnicodeEncodeError):  # a lone surrogate cannot go on the wire
+        bad = rec(1)
+        bad.dev = "\ud800"
+        encode_batch("g", "b", [bad], hist=False)

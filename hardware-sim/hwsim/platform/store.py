@@ -47,7 +47,7 @@ def check_envelope(doc: Any, gw: str | None = None) -> list[dict[str, Any]]:
             raise EnvelopeError(f"envelope.{key} missing or not a {typ.__name__}")
     if gw is not None and doc["gw"] != gw:
         raise EnvelopeError(f"envelope.gw {doc['gw']!r} does not match the URL's {gw!r}")
-    recs = doc["records"]
+    recs: list[dict[str, Any]] = doc["records"]
     for i, r in enumerate(recs):
         if not isinstance(r, dict):
             raise EnvelopeError(f"records[{i}] is not an object")

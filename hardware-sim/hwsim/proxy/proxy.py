@@ -63,14 +63,15 @@ class _Conn:
                     pass
                 return
             try:
-                self.sreader, self.swriter = await asyncio.wait_for(
+                sreader, swriter = await asyncio.wait_for(
                     asyncio.open_connection(p.target_host, p.target_port), 10
                 )
             except (OSError, TimeoutError):
                 return
+            self.sreader, self.swriter = sreader, swriter
             self.tasks = [
-                asyncio.create_task(self._pipe(self.creader, self.swriter, True)),
-                asyncio.create_task(self._pipe(self.sreader, self.cwriter, False)),
+                asyncio.create_task(self._pipe(self.creader, swriter, True)),
+                asyncio.create_task(self._pipe(sreader, self.cwriter, False)),
             ]
             await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
