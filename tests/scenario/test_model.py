@@ -8,8 +8,9 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from hwsim.platform.store import subtract_ranges as subtract
 from hwsim.scenario import model, tomlw
-from hwsim.scenario.demo import DemoOptions, ranges, subtract, verdict
+from hwsim.scenario.demo import DemoOptions, ranges, verdict
 from hwsim.scenario.model import Endpoints, GatewayOptions, ScenarioError
 from hwsim.scenario.runner import find_scenario
 from hypothesis import given

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 import pytest
-from hwsim.platform.store import EnvelopeError, _ranges, _subtract, check_envelope
+from hwsim.platform.store import EnvelopeError, _ranges, check_envelope, subtract_ranges
 from hwsim.proxy import FaultProxy
 from hypothesis import given
 from hypothesis import strategies as st
@@ -177,7 +177,7 @@ def test_config_defaults_and_units(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_ranges_and_gap_subtraction() -> None:
     assert _ranges([1, 2, 5, 6, 9], 1, 10) == [[3, 4], [7, 8], [10, 10]]
     assert _ranges([], 1, 0) == []
-    assert _subtract([[3, 8]], [(4, 5)]) == [[3, 3], [6, 8]]
+    assert subtract_ranges([[3, 8]], [(4, 5)]) == [[3, 3], [6, 8]]
 
 
 @given(st.sets(st.integers(1, 200)))

@@ -73,7 +73,10 @@ def _ranges(seqs: list[int], lo: int, hi: int) -> list[list[int]]:
     return out
 
 
-def _subtract(ranges: list[list[int]], covered: list[tuple[int, int]]) -> list[list[int]]:
+def subtract_ranges(
+    ranges: list[list[int]], covered: list[tuple[int, int]] | list[list[int]]
+) -> list[list[int]]:
+    """Inclusive ranges minus the covered inclusive ranges."""
     out: list[list[int]] = []
     for a, b in ranges:
         pieces = [[a, b]]
@@ -253,7 +256,7 @@ class PlatformStore:
             "missing": missing,
             "missing_count": sum(b - a + 1 for a, b in missing),
             "gaps": gaps,
-            "unexplained_missing": _subtract(missing, covered),
+            "unexplained_missing": subtract_ranges(missing, covered),
             "seq_conflicts": sum(1 for ids in seq_ids.values() if len(ids) > 1),
             "out_of_order_live": dict(order),
             "hist_records": hist_records,

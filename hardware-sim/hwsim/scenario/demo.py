@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hwsim.platform.store import subtract_ranges
 from hwsim.proxy.proxy import FaultProxy
 from hwsim.scenario.model import GatewayOptions, ScenarioError, load_scenario
 from hwsim.scenario.runner import Child, ScenarioRunner, StartError, find_scenario
@@ -108,25 +109,6 @@ def ranges(seqs: list[int]) -> list[list[int]]:
     return out
 
 
-def subtract(rs: list[list[int]], covered: list[list[int]] | list[tuple[int, int]]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for a, b in rs:
-        pieces = [[a, b]]
-        for c, d in covered:
-            nxt: list[list[int]] = []
-            for x, y in pieces:
-                if d < x or c > y:
-                    nxt.append([x, y])
-                    continue
-                if x < c:
-                    nxt.append([x, c - 1])
-                if d < y:
-                    nxt.append([d + 1, y])
-            pieces = nxt
-        out.extend(pieces)
-    return out
-
-
 def verdict(platform: dict[str, Any], last_seq: int, held: list[int]) -> dict[str, Any]:
     """Combine the platform's summary for one gateway with what its buffer still holds.
 
@@ -140,8 +122,8 @@ def verdict(platform: dict[str, Any], last_seq: int, held: list[int]) -> dict[st
     covered = [(int(g["first_seq"]), int(g["last_seq"])) for g in platform.get("gaps", [])]
     held_ranges = ranges(sorted(set(held)))
     not_received = sum(b - a + 1 for a, b in missing)
-    unexplained = subtract(subtract(missing, held_ranges), covered)
-    in_gaps = subtract(missing, held_ranges)
+    unexplained = subtract_ranges(subtract_ranges(missing, held_ranges), covered)
+    in_gaps = subtract_ranges(missing, held_ranges)
     lost = sum(b - a + 1 for a, b in unexplained)
     return {
         "received": platform.get("received", 0),
