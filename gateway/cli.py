@@ -182,18 +182,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import run
     from gateway.supervisor import StartupError
 
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    if args.json:  # one JSON object per log line, for log shippers
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
     try:
         return run(args.config)
     except ConfigError as exc:
-        _print_issues(exc, False)
+        _print_issues(exc, args.json)
         return EX_CONFIG  # systemd: RestartPreventExitStatus=78, a restart would not help
     except StartupError as exc:
-        err.print(f"[bold red]gateway did not start:[/] {exc}", highlight=False)
+        if args.json:
+            _emit_json({"ok": False, "error": str(exc)})
+        else:
+            err.print(f"[bold red]gateway did not start:[/] {exc}", highlight=False)
         return 1
+
+
+class JsonLogFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and record.exc_info[1] is not None:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
 
 
 def _api_base(args: argparse.Namespace) -> str:
@@ -315,7 +333,7 @@ def build_parser(with_scan: bool = True) -> argparse.ArgumentParser:
     _config_arg(s)
     s.add_argument("--log-level", default=os.environ.get("EDGE_GW_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
-    _json_arg(s)
+    s.add_argument("--json", action="store_true", help="log one JSON object per line")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("check", help="validate the configuration and profiles; list every error")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,12 @@ def test_every_event_point_has_severity(cls: str) -> None:
     c = device_classes()[cls]
     assert any(p.kind in ("telemetry", "state", "event") for p in c.points.values())
     assert "status" in c.points
+
+
+def test_run_with_bad_config_exits_78_with_json_errors(tmp_path: Path) -> None:
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[gateway]\nid = "g"\ndistrict = "51"\ncommunity = "c"\n')
+    p = run("run", "-c", str(cfg), "--json")
+    assert p.returncode == 78  # EX_CONFIG: systemd does not restart on it
+    data = json.loads(p.stdout)
+    assert data["ok"] is False and data["errors"][0]["path"] == "gateway.district"
