@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from lxml import etree
+from drivers.onvif import xmlsafe
 
 NS_SOAP = "http://www.w3.org/2003/05/soap-envelope"
 NS_WSA = "http://schemas.xmlsoap.org/ws/2004/08/addressing"
@@ -25,8 +25,6 @@ NS_WSD = "http://schemas.xmlsoap.org/ws/2005/04/discovery"
 NS_DN = "http://www.onvif.org/ver10/network/wsdl"
 MULTICAST_ADDR = ("239.255.255.250", 3702)
 MAX_DATAGRAM = 65535
-
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 
 
 class DiscoveryError(ValueError):
@@ -67,8 +65,8 @@ def parse_probe_matches(data: bytes, relates_to: str | None = None) -> list[Prob
     """Parse a ProbeMatches message. With ``relates_to``, a reply to another probe is
     refused (DiscoveryError)."""
     try:
-        root = etree.fromstring(data, _PARSER)
-    except etree.XMLSyntaxError as exc:
+        root = xmlsafe.parse(data)
+    except xmlsafe.MalformedXML as exc:
         raise DiscoveryError(f"malformed XML: {exc}") from None
     if relates_to is not None:
         rel = root.find(f"{{{NS_SOAP}}}Header/{{{NS_WSA}}}RelatesTo")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import datetime as dt
 import logging
 import random
@@ -35,13 +36,12 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from lxml import etree
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from drivers.onvif import metrics, topics
+from drivers.onvif import metrics, topics, xmlsafe
 from drivers.onvif.discovery import DiscoveryError, parse_target, probe, xaddr_host_port
 from drivers.onvif.snapshots import SnapshotError, SnapshotStore
 from gateway.plugin import (
@@ -58,6 +58,9 @@ from gateway.plugin import (
 )
 from gateway.types import ByteSize, Duration, Secret
 
+if TYPE_CHECKING:
+    from lxml import etree
+
 log = logging.getLogger("drivers.onvif")
 
 INFO_FIELDS = ("stream_uri", "snapshot_uri", "model", "firmware", "manufacturer", "serial", "hardware_id")
@@ -65,7 +68,6 @@ NS_EVENTS = "http://www.onvif.org/ver10/events/wsdl"
 PULLPOINT_KEY = f"{NS_EVENTS}/PullPointSubscription"
 PULL_ACTION = f"{NS_EVENTS}/PullPointSubscription/PullMessagesRequest"
 _SOAP_NS = "http://www.w3.org/2003/05/soap-envelope"
-_XML_PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
 MAX_KNOWN_STATES = 256
 MAX_LOGGED_TOPICS = 256
 
@@ -247,8 +249,8 @@ class PullFault(Exception):
 def parse_pull_response(status: int, content: bytes) -> list[topics.Notification]:
     """Raw PullMessages reply -> notifications, or PullFault (pure)."""
     try:
-        root = etree.fromstring(content, _XML_PARSER)
-    except etree.XMLSyntaxError as exc:
+        root = xmlsafe.parse(content)
+    except xmlsafe.MalformedXML as exc:
         raise PullFault("malformed_xml", f"HTTP {status}: {exc}") from None
     fault = root.find(f"{{{_SOAP_NS}}}Body/{{{_SOAP_NS}}}Fault")
     if fault is not None:
@@ -274,7 +276,7 @@ def parse_pull_response(status: int, content: bytes) -> list[topics.Notification
 
 def _broken(exc: topics.TopicParseError, el: etree._Element) -> topics.Notification:
     # keep a malformed notification as a marker so it is counted and logged, not lost
-    return topics.Notification(topic="", operation="", utc_time=None, raw=etree.tostring(el)[:2048], key={"_error": exc.reason})
+    return topics.Notification(topic="", operation="", utc_time=None, raw=xmlsafe.tostring(el)[:2048], key={"_error": exc.reason})
 
 
 def build_topic_table(points: Sequence[PointSpec]) -> list[topics.TopicBinding]:
@@ -298,10 +300,79 @@ def build_topic_table(points: Sequence[PointSpec]) -> list[topics.TopicBinding]:
 
 
 def _onvif() -> Any:
-    # Imported lazily: importing onvif patches zeep process-wide and configures logging.
+    # Imported lazily (about 20 MB with zeep, httpx and requests): a gateway without cameras
+    # never pays for it. Importing onvif also patches zeep process-wide.
     import onvif
 
     return onvif
+
+
+# Services whose WSDL documents the driver uses (pullpoint and subscription share events').
+_DOCUMENT_SERVICES = ("devicemgmt", "media", "events")
+_documents_loaded: set[str] = set()
+_documents_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+
+
+def _document_lock() -> asyncio.Lock:
+    global _documents_lock
+    loop = asyncio.get_running_loop()
+    if _documents_lock is None or _documents_lock[0] is not loop:
+        _documents_lock = (loop, asyncio.Lock())
+    return _documents_lock[1]
+
+
+async def load_documents(wsdl_dir: str) -> None:
+    """Parse the WSDL documents the driver needs, once per process and one at a time.
+
+    The client library keeps one parsed document per WSDL file (about 17 MB for the
+    device, media and events documents together), but it checks that cache before parsing
+    in a worker thread: cameras connecting at the same time each parsed every document,
+    several in parallel threads, and the process kept the peak (7-12 MB per camera).
+    Creating one throw-away service per document here, under a lock, fills the cache
+    before any camera's first service is created.
+    """
+    if _documents_loaded.issuperset(_DOCUMENT_SERVICES):
+        return
+    onvif = _onvif()
+    async with _document_lock():
+        for name in _DOCUMENT_SERVICES:
+            if name in _documents_loaded:
+                continue
+            d = onvif.SERVICES[name]
+            svc = onvif.ONVIFService(
+                "http://127.0.0.1/onvif/preload",
+                "",
+                "",
+                str(Path(wsdl_dir) / d["wsdl"]),
+                no_cache=True,
+                binding_name=f"{{{d['ns']}}}{d['binding']}",
+            )
+            try:
+                await svc.setup()  # parses the document in a worker thread, then caches it
+            finally:
+                await svc.close()
+            _documents_loaded.add(name)
+        _return_free_memory()
+
+
+def _return_free_memory() -> None:
+    """Hand the heap pages freed after parsing (the XSD trees are transient) back to the
+    system: glibc keeps them in the worker thread's arena otherwise (about 6 MB)."""
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
+
+
+async def release_service(cam: Any, name: str, port_type: str | None = None) -> None:
+    """Close and forget one service client of ``cam`` (its own HTTP session, connection
+    pool and two zeep clients); the library creates it again when it is next needed."""
+    svc = cam.services.pop((name, port_type), None)
+    if svc is not None:
+        with contextlib.suppress(Exception):
+            await svc.close()
 
 
 # --------------------------------------------------------------------------- bus
@@ -397,6 +468,7 @@ class OnvifBus(Bus):
             adjust_time=True,
         )
         try:
+            await load_documents(cam.wsdl_dir)
             async with asyncio.timeout(o.timeout * 3):
                 await cam.update_xaddrs()  # GetSystemDateAndTime, GetServices | GetCapabilities
             diff = cam.dt_diff
@@ -421,6 +493,7 @@ class OnvifBus(Bus):
                 hardware_id=str(info.HardwareId or ""),
             )
             await self._media(cam, ident)
+            await release_service(cam, "media")  # only needed again for a snapshot URI
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 await cam.close()
@@ -550,6 +623,7 @@ class OnvifBus(Bus):
                 cam.xaddrs[PULLPOINT_KEY] = cam.rewrite_url(str(address).strip())
                 self._pull_service = await cam.create_pullpoint_service()
                 self._sub_service = await cam.create_subscription_service("PullPointSubscription")
+            await release_service(cam, "events")  # only needed again for the next subscription
         except Exception as exc:
             err = classify(exc)
             if isinstance(err, DeviceUnavailable):
@@ -693,10 +767,13 @@ class OnvifBus(Bus):
         opts = self.profile_options
         attrs = ev.attrs if ev.attrs is not None else {}
         try:
-            async with asyncio.timeout(opts.snapshot_timeout):
-                data = await cam.get_snapshot(
-                    ident.profile_token, basic_auth=opts.snapshot_auth == "basic", timeout=opts.snapshot_timeout
-                )
+            try:
+                async with asyncio.timeout(opts.snapshot_timeout):
+                    data = await cam.get_snapshot(
+                        ident.profile_token, basic_auth=opts.snapshot_auth == "basic", timeout=opts.snapshot_timeout
+                    )
+            finally:
+                await release_service(cam, "media")  # created when the snapshot URI was not known yet
             if data is None:
                 raise SnapshotError("failed", "camera answered without an image")
             ref = await asyncio.to_thread(store.save, ev.device_id, data)

@@ -18,8 +18,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from lxml import etree
+from drivers.onvif import xmlsafe
+
+if TYPE_CHECKING:
+    from lxml import etree
 
 NS_WSNT = "http://docs.oasis-open.org/wsn/b-2"
 NS_TT = "http://www.onvif.org/ver10/schema"
@@ -27,8 +31,6 @@ NS_TNS1 = "http://www.onvif.org/ver10/topics"
 
 # Largest notification we parse; anything bigger is a broken or hostile camera.
 MAX_PAYLOAD_BYTES = 64 * 1024
-
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
 
 TRUE_WORDS = frozenset({"true", "1", "on", "yes", "active"})
 FALSE_WORDS = frozenset({"false", "0", "off", "no", "inactive"})
@@ -127,7 +129,7 @@ def message_from_element(topic: str, message: etree._Element, raw: bytes = b"") 
     if not topic or not topic.strip():
         raise TopicParseError("no_topic", "notification has an empty topic")
     if not raw:
-        raw = etree.tostring(msg)
+        raw = xmlsafe.tostring(msg)
     return Notification(
         topic=" ".join(topic.split()),
         operation=msg.get("PropertyOperation", ""),
@@ -150,7 +152,7 @@ def notification_from_element(el: etree._Element) -> Notification:
     msg_el = el.find(f"{{{NS_WSNT}}}Message")
     if msg_el is None:
         raise TopicParseError("no_message", "notification has no wsnt:Message")
-    return message_from_element(topic, msg_el, etree.tostring(el))
+    return message_from_element(topic, msg_el, xmlsafe.tostring(el))
 
 
 def parse_notifications(payload: bytes) -> list[Notification]:
@@ -159,8 +161,8 @@ def parse_notifications(payload: bytes) -> list[Notification]:
     if len(payload) > MAX_PAYLOAD_BYTES * 16:
         raise TopicParseError("too_large", f"{len(payload)} bytes")
     try:
-        root = etree.fromstring(payload, _PARSER)
-    except etree.XMLSyntaxError as exc:
+        root = xmlsafe.parse(payload)
+    except xmlsafe.MalformedXML as exc:
         raise TopicParseError("malformed_xml", str(exc)) from None
     if root.tag == f"{{{NS_WSNT}}}NotificationMessage":
         return [notification_from_element(root)]
