@@ -18,7 +18,7 @@ from gateway import metrics
 from gateway.commands import CommandService
 from gateway.config import Config, ConfigError, load_config
 from gateway.pipeline import DeviceTracker, Pipeline
-from gateway.plugin import Bus
+from gateway.plugin import Bus, return_free_memory
 from gateway.record import Record
 from gateway.record import now as ts_now
 from gateway.supervisor import (
@@ -92,6 +92,7 @@ class GatewayApp:
         self._update_device_gauges()
         self.ready = True
         self.not_ready_reasons = []
+        return_free_memory()  # configuration and profile parsing left freed heap behind
         for w in cfg.warnings:
             log.warning("%s", w)
         log.info(

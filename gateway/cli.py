@@ -14,17 +14,35 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 import gateway
 import gateway.plugin
 from gateway.config import DEFAULT_CONFIG, Config, ConfigError, load_config
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 
-out = Console()
-err = Console(stderr=True)
+class _LazyConsole:
+    """A rich Console created on first use, so `edge-gateway run` does not load rich."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr)
+        return getattr(self._console, name)
+
+
+out = _LazyConsole(stderr=False)
+err = _LazyConsole(stderr=True)
+
+
+def Table(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - stands in for rich.table.Table
+    from rich.table import Table as RichTable
+
+    return RichTable(*args, **kwargs)
 
 
 def _emit_json(data: Any) -> None:

@@ -204,6 +204,20 @@ class Driver(abc.ABC):
         raise NotImplementedError(f"driver {self.name} has no scan")
 
 
+def return_free_memory() -> None:
+    """Hand heap pages freed after a large one-off job (parsing documents, building tables)
+    back to the operating system. glibc keeps freed pages in its arenas otherwise; this is
+    a no-op elsewhere. The core calls it once after start-up; drivers may call it after
+    their own one-off loads."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
+
+
 class IncompatibleDriver(Exception):
     """A plugin was built for an API version this core does not support."""
 

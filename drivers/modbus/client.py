@@ -25,14 +25,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
-
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
-from pymodbus.framer import FramerType
+from typing import TYPE_CHECKING, Any
 
 from drivers.modbus import codec, metrics
 from drivers.modbus.schema import BusOptions
+
+if TYPE_CHECKING:  # pymodbus is imported when the first Modbus bus opens, not at load
+    from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 
 log = logging.getLogger("drivers.modbus")
 
@@ -129,6 +128,9 @@ class ModbusClient:
         return self._client is not None and self._client.connected
 
     def _make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+        from pymodbus.framer import FramerType
+
         o = self.options
         hooks: dict[str, Any] = {
             "trace_packet": self._trace_packet,
@@ -268,6 +270,8 @@ class ModbusClient:
         Raises ``codec.ModbusExceptionResponse`` for an exception answer,
         ``codec.MalformedFrame`` for an answer that does not fit the request and
         ``LinkError`` when no usable answer came (with the reason classified)."""
+        from pymodbus.exceptions import ConnectionException, ModbusException
+
         await self.connect()
         await self._quiet_line()
         if self._client is None or not self._client.connected:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import datetime as dt
 import logging
 import random
@@ -55,6 +54,7 @@ from gateway.plugin import (
     RawEvent,
     Reading,
     StrictModel,
+    return_free_memory,
 )
 from gateway.types import ByteSize, Duration, Secret
 
@@ -352,18 +352,7 @@ async def load_documents(wsdl_dir: str) -> None:
             finally:
                 await svc.close()
             _documents_loaded.add(name)
-        _return_free_memory()
-
-
-def _return_free_memory() -> None:
-    """Hand the heap pages freed after parsing (the XSD trees are transient) back to the
-    system: glibc keeps them in the worker thread's arena otherwise (about 6 MB)."""
-    try:
-        libc = ctypes.CDLL(None)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return
-    trim(0)
+        return_free_memory()  # the XSD trees were transient
 
 
 async def release_service(cam: Any, name: str, port_type: str | None = None) -> None:
