@@ -52,6 +52,7 @@ class GatewayApp:
         self.ready = False
         self.not_ready_reasons: list[str] = ["starting"]
         self.watchdog: Any = None
+        self._loop_error_kinds: set[str] = set()
         self.started_at = ts_now()
 
     # ------------------------------------------------------------------ lifecycle
@@ -230,15 +231,33 @@ class GatewayApp:
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._loop_error)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGTERM, self._stop.set)
             loop.add_signal_handler(signal.SIGINT, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, self._reload_in_background)
+        # a SIGTERM while starting (e.g. a bus that takes long to open) stops the start
+        starting = asyncio.ensure_future(self.start())
+        stopping = asyncio.ensure_future(self._stop.wait())
         try:
-            await self.start()
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                log.info("stop requested while starting")
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+            else:
+                starting.result()  # raise what start() raised
         except BaseException:
             await self.stop()
             raise
+        finally:
+            stopping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopping
+        if self._stop.is_set():
+            await self.stop()
+            return
         self._notify_ready()
         try:
             while not self._stop.is_set():
@@ -292,6 +311,22 @@ class GatewayApp:
         """Watchdog health (beside event-loop lag, which the watchdog measures itself):
         the buffer is open. A full disk is a degradation, not a reason to be restarted."""
         return self.buffer is not None
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Errors nothing awaited (e.g. a library raising inside a transport callback):
+        counted by type, logged with the traceback once per type, the daemon goes on."""
+        exc = context.get("exception")
+        kind = type(exc).__name__ if exc is not None else "error"
+        metrics.LOOP_ERRORS.labels(kind).inc()
+        if kind in self._loop_error_kinds:
+            log.debug("event loop error (%s): %s", kind, context.get("message"))
+            return
+        self._loop_error_kinds.add(kind)
+        log.error(
+            "unhandled %s in the event loop: %s (counted in edge_gw_loop_errors_total; further "
+            "ones of this type are logged at debug level)", kind, context.get("message"),
+            exc_info=exc,
+        )
 
     def _reload_in_background(self) -> None:
         async def job() -> None:

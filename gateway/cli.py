@@ -39,7 +39,7 @@ out = _LazyConsole(stderr=False)
 err = _LazyConsole(stderr=True)
 
 
-def Table(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - stands in for rich.table.Table
+def Table(*args: Any, **kwargs: Any) -> Any:
     from rich.table import Table as RichTable
 
     return RichTable(*args, **kwargs)

@@ -99,6 +99,11 @@ COMMANDS = Counter(
     "expired, duplicate)",
     ["outcome"],
 )
+LOOP_ERRORS = Counter(
+    "edge_gw_loop_errors_total",
+    "Errors no task handled, caught by the event loop's handler (reason = exception type)",
+    ["reason"],
+)
 CONFIG_RELOADS = Counter("edge_gw_config_reloads_total", "SIGHUP reloads by outcome (ok, invalid)", ["outcome"])
 API_REQUESTS = Counter(
     "edge_gw_api_requests_total", "Local API requests by route and HTTP status", ["route", "status"]

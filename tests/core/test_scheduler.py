@@ -87,3 +87,20 @@ async def test_dead_device_is_backed_off(tmp_path: Path) -> None:
     bus.fail = False
     await _run_for(runner, 1.0)
     assert [r.v for r in records if r.pt == "status"] == ["offline", "online"]
+
+
+async def test_loop_errors_are_counted_and_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from prometheus_client import REGISTRY
+
+    from gateway.app import GatewayApp
+
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[gateway]\nid = "g"\ndistrict = "510107"\ncommunity = "c"\n')
+    app = GatewayApp(load_config(cfg))
+    loop = asyncio.get_running_loop()
+    before = REGISTRY.get_sample_value("edge_gw_loop_errors_total", {"reason": "ZeroDivisionError"}) or 0
+    for _ in range(3):
+        app._loop_error(loop, {"message": "Fatal error on transport", "exception": ZeroDivisionError("boom")})
+    after = REGISTRY.get_sample_value("edge_gw_loop_errors_total", {"reason": "ZeroDivisionError"})
+    assert after == before + 3
+    assert sum("unhandled ZeroDivisionError" in r.getMessage() for r in caplog.records) == 1
