@@ -125,6 +125,12 @@ def verdict(platform: dict[str, Any], last_seq: int, held: list[int]) -> dict[st
     unexplained = subtract_ranges(subtract_ranges(missing, held_ranges), covered)
     in_gaps = subtract_ranges(missing, held_ranges)
     lost = sum(b - a + 1 for a, b in unexplained)
+    explained = sum(b - a + 1 for a, b in in_gaps) - lost
+    # a gap record's seq range also spans seqs of other lanes: the seqs it explains can be
+    # at most the number of records it says were evicted
+    evicted = sum(int(g["v"]) for g in platform.get("gaps", []) if isinstance(g.get("v"), int | float))
+    overclaimed = max(0, explained - evicted)
+    events_evicted = [g for g in platform.get("gaps", []) if g.get("lane") == "event"]
     return {
         "received": platform.get("received", 0),
         "unique": platform.get("unique", 0),
@@ -133,14 +139,17 @@ def verdict(platform: dict[str, Any], last_seq: int, held: list[int]) -> dict[st
         "platform_seq_max": seq_max,
         "not_received": not_received,
         "held_in_buffer": len(set(held)),
-        "explained_by_gap_records": sum(b - a + 1 for a, b in in_gaps) - lost,
+        "explained_by_gap_records": explained,
+        "evicted_by_gap_records": evicted,
+        "unaccounted_in_gaps": overclaimed,
+        "events_evicted": len(events_evicted),
         "gap_records": len(platform.get("gaps", [])),
         "missing": lost,
         "missing_ranges": unexplained[:20],
         "seq_conflicts": platform.get("seq_conflicts", 0),
         "hist_records": platform.get("hist_records", 0),
         "latency": platform.get("latency", {}),
-        "ok": lost == 0 and not platform.get("seq_conflicts"),
+        "ok": lost == 0 and not overclaimed and not platform.get("seq_conflicts"),
     }
 
 
