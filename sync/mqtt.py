@@ -120,7 +120,8 @@ class MqttUplink(UplinkEngine):
                         self._client = None
                         self._set_connected(False)
                         with contextlib.suppress(Exception):
-                            await client.__aexit__(None, None, None)
+                            async with asyncio.timeout(5):
+                                await client.__aexit__(None, None, None)
                 session = None if started is None else time.monotonic() - started
                 await asyncio.sleep(self._next_delay(session, retry_after))
         finally:
@@ -148,9 +149,13 @@ class MqttUplink(UplinkEngine):
         # who is talking. Its PUBACK proves the link works end to end.
         birth = {"version": __version__, **self._safe_status()}
         birth.update(gw=self.gw_id, status="online", uplink=self.name, ts=round(time.time(), 3))
-        await client.publish(self.topic_status, encode_json(birth), qos=1, retain=True)
+        # every broker round trip is bounded: a link cut at the wrong moment must not leave
+        # the session waiting for an acknowledgement that never comes
+        await client.publish(
+            self.topic_status, encode_json(birth), qos=1, retain=True, timeout=self.config.timeout
+        )
         if self.config.commands:
-            await client.subscribe(self.topic_cmd, qos=1)
+            await client.subscribe(self.topic_cmd, qos=1, timeout=self.config.timeout)
         self._begin_session()
         log.info("uplink %s: connected to %s (backlog up to seq %d)", self.name, self.config.url, self._hw)
         await self._flush_results(client)

@@ -41,6 +41,7 @@ from typing import Any
 
 import aiohttp
 from hwsim.proxy.proxy import FaultProxy
+from hwsim.scenario.demo import wait_platform_subscribed
 from hwsim.scenario.model import Device, GatewayOptions, load_scenario
 from hwsim.scenario.runner import Child, ScenarioRunner, find_scenario
 
@@ -163,7 +164,7 @@ class ChaosSoak:
         self.platform.spawn()
         info = await self.platform.wait_info(30)
         self.platform_url = str(info["http"])
-        await self._wait_platform_subscribed()
+        await wait_platform_subscribed(self.broker.port, self.platform_url, "soak-probe")
         self.proxy = FaultProxy("127.0.0.1", self.broker.port)
         await self.proxy.start()
         scenario = load_scenario(find_scenario(self.opt.scenario))
@@ -178,20 +179,6 @@ class ChaosSoak:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         await self.start_gateway()
         self._tasks.append(asyncio.create_task(self._sample_rss(), name="soak-rss"))
-
-    async def _wait_platform_subscribed(self, timeout: float = 20.0) -> None:
-        import aiomqtt
-
-        deadline = time.monotonic() + timeout
-        async with aiomqtt.Client("127.0.0.1", self.broker.port, identifier="soak-probe") as client:
-            while time.monotonic() < deadline:
-                await client.publish(f"{PREFIX}/soak-probe/status", b'{"status": "probe"}', qos=1)
-                await asyncio.sleep(0.2)
-                with contextlib.suppress(OSError, ValueError):
-                    st = await asyncio.to_thread(_http_json, self.platform_url + "/api/status")
-                    if "soak-probe" in json.dumps(st):
-                        return
-        raise SoakError("the platform simulator did not subscribe to the broker")
 
     def _spawn_gateway(self) -> subprocess.Popen[bytes]:
         with self.gw_log.open("ab") as out:

@@ -95,6 +95,25 @@ def http_json(url: str, timeout: float = 5.0) -> Any:
         return json.loads(resp.read())
 
 
+async def wait_platform_subscribed(
+    broker_port: int, platform_url: str, probe_id: str, timeout: float = 20.0
+) -> None:
+    """Publish a probe status until the platform simulator has stored it, i.e. until its
+    subscription is live (records published before that would not be counted)."""
+    import aiomqtt
+
+    deadline = time.monotonic() + timeout
+    async with aiomqtt.Client("127.0.0.1", broker_port, identifier=probe_id) as client:
+        while time.monotonic() < deadline:
+            await client.publish(f"{PREFIX}/{probe_id}/status", b'{"status": "probe"}', qos=1)
+            await asyncio.sleep(0.2)
+            with contextlib.suppress(OSError, ValueError):
+                st = await asyncio.to_thread(http_json, platform_url + "/api/status")
+                if probe_id in json.dumps(st):
+                    return
+    raise StartError("the platform simulator did not subscribe to the broker")
+
+
 # ---------------------------------------------------------------- the verdict (pure)
 
 
@@ -261,7 +280,7 @@ class Demo:
         self.platform.spawn()
         info = await self.platform.wait_info(30)
         self.platform_url = str(info["http"])
-        await self._wait_platform_subscribed()
+        await wait_platform_subscribed(self.broker.port, self.platform_url, "demo-probe")
         self.say(f"city platform simulator on {self.platform_url}")
         self.proxy = FaultProxy("127.0.0.1", self.broker.port)
         await self.proxy.start()
@@ -290,21 +309,6 @@ class Demo:
             return subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "run", "-c", str(self.work / "gateway.toml")],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-
-    async def _wait_platform_subscribed(self, timeout: float = 20.0) -> None:
-        """Publish a probe status until the platform has stored it: its subscription is live."""
-        import aiomqtt
-
-        deadline = time.monotonic() + timeout
-        async with aiomqtt.Client("127.0.0.1", self.broker.port, identifier="demo-probe") as client:
-            while time.monotonic() < deadline:
-                await client.publish(f"{PREFIX}/demo-probe/status", b'{"status": "probe"}', qos=1)
-                await asyncio.sleep(0.2)
-                with contextlib.suppress(OSError, ValueError):
-                    st = await asyncio.to_thread(http_json, self.platform_url + "/api/status")
-                    if "demo-probe" in json.dumps(st):
-                        return
-        raise StartError("the platform simulator did not subscribe to the broker")
 
     async def _wait_gateway_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
