@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
+
+from tests.support.sim_child import ReadyLineChild
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,29 +27,20 @@ def farm_file(path: Path, devices: list[tuple[str, str, int]]) -> Path:
     return path
 
 
-class SimProcess:
+class SimProcess(ReadyLineChild):
     """``hwsim modbus run FILE --rtu-pty --tcp 0 --rtu-tcp 0 --control 0`` in a child."""
 
     def __init__(self, file: Path, *args: str) -> None:
         self.file = file
         self.args = list(args) or ["--rtu-pty", "--tcp", "0", "--rtu-tcp", "0"]
-        self.proc: subprocess.Popen[str] | None = None
-        self.endpoints: dict[str, Any] = {}
-
-    def start(self, timeout: float = 20.0) -> SimProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hwsim.cli", "modbus", "run", str(self.file), *self.args]
-            + ["--control", "0"],
-            stdout=subprocess.PIPE,
-            text=True,
+        super().__init__(
+            [sys.executable, "-m", "hwsim.cli", "modbus", "run", str(file), *self.args, "--control", "0"],
             env=sim_env(),
         )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"simulator did not start (exit {self.proc.wait(timeout)})")
-        self.endpoints = json.loads(line)
-        return self
+
+    @property
+    def endpoints(self) -> dict[str, Any]:
+        return self.info
 
     @property
     def pty(self) -> str:
@@ -76,25 +66,3 @@ class SimProcess:
         url = f"http://127.0.0.1:{self.endpoints['control_port']}/devices/{name}"
         with urllib.request.urlopen(url, timeout=5) as resp:
             return dict(json.loads(resp.read()))
-
-    def stop(self) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return int(self.proc.returncode)
-
-    def __enter__(self) -> SimProcess:
-        return self.start()
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

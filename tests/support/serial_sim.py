@@ -16,84 +16,31 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import signal
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-START_TIMEOUT = 15.0
+from tests.support.sim_child import ReadyLineChild
 
 
-class SimProcess:
+class SimProcess(ReadyLineChild):
     def __init__(self, protocol: str = "dlt645", *, config: Path | None = None,
                  devices: list[str] | None = None, pty: bool = True, tcp: bool = False,
                  control: bool = True, log: Path | None = None) -> None:
-        self.argv = [sys.executable, "-m", "hwsim.cli", protocol]
+        argv = [sys.executable, "-m", "hwsim.cli", protocol]
         if config is not None:
-            self.argv += ["--config", str(config)]
+            argv += ["--config", str(config)]
         for d in devices or []:
-            self.argv += ["--device", d]
+            argv += ["--device", d]
         if not pty:
-            self.argv.append("--no-pty")
+            argv.append("--no-pty")
         if tcp:
-            self.argv += ["--tcp", "127.0.0.1:0"]
+            argv += ["--tcp", "127.0.0.1:0"]
         if control:
-            self.argv += ["--control", "127.0.0.1:0"]
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.info: dict[str, Any] = {}
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> SimProcess:
-        stderr = open(self.log, "ab") if self.log is not None else subprocess.DEVNULL
-        try:
-            self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=stderr)
-        finally:
-            if self.log is not None:
-                stderr.close()  # type: ignore[union-attr]
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + START_TIMEOUT
-        line = b""
-        while not line.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            ready, _, _ = select.select([fd], [], [], max(0.0, left))
-            if not ready:
-                self.stop()
-                raise AssertionError(f"simulator {self.argv} did not start within {START_TIMEOUT}s")
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                code = self.proc.wait()
-                raise AssertionError(f"simulator {self.argv} exited with {code} before it was ready")
-            line += chunk
-        self.info = json.loads(line)
-        return self
-
-    def stop(self) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
-
-    def __enter__(self) -> SimProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+            argv += ["--control", "127.0.0.1:0"]
+        super().__init__(argv, log=log or Path(os.devnull))
 
     # ------------------------------------------------------------------ endpoints
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import aiohttp
 from hwsim.proxy.proxy import FaultProxy
-from hwsim.scenario.demo import wait_platform_subscribed
+from hwsim.scenario.demo import read_stopped_buffer, wait_platform_subscribed
 from hwsim.scenario.model import Device, GatewayOptions, load_scenario
 from hwsim.scenario.runner import Child, ScenarioRunner, find_scenario
 
@@ -532,14 +532,7 @@ class ChaosSoak:
     def _judge(self) -> dict[str, Any]:
         summary = _http_json(f"{self.platform_url}/api/summary?gw={self.gw_id}", timeout=120)
         plat = summary.get("gateways", {}).get(self.gw_id, {})
-        db = str(self.work / "buffer.db")
-        stats = json.loads(subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "buffer", "stats", "--db", db, "--json"],
-            check=True, capture_output=True, timeout=120).stdout)
-        out = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "buffer", "export", "--db", db, "--json"],
-            check=True, capture_output=True, timeout=300).stdout
-        held = [json.loads(line)["seq"] for line in out.splitlines() if line.strip()]
+        stats, held = read_stopped_buffer(self.work / "buffer.db")
         v = judge(plat, platform_db=self.work / "platform.db", gw=self.gw_id,
                   last_seq=int(stats.get("last_seq", 0)), held=held, rss=self.rss,
                   malformed=int(summary.get("malformed", 0)))

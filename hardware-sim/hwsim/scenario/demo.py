@@ -114,6 +114,19 @@ async def wait_platform_subscribed(
     raise StartError("the platform simulator did not subscribe to the broker")
 
 
+def read_stopped_buffer(db: Path, timeout: float = 300.0) -> tuple[dict[str, Any], list[int]]:
+    """A stopped gateway's buffer statistics (``last_seq``, evictions...) and the seqs it still holds, read
+    with the gateway's own `buffer` CLI (the simulators never import the gateway)."""
+    stats = json.loads(subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "buffer", "stats", "--db", str(db), "--json"],
+        check=True, capture_output=True, timeout=timeout).stdout)
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "buffer", "export", "--db", str(db), "--json"],
+        check=True, capture_output=True, timeout=timeout).stdout
+    held = [json.loads(line)["seq"] for line in out.splitlines() if line.strip()]
+    return stats, held
+
+
 # ---------------------------------------------------------------- the verdict (pure)
 
 
@@ -513,14 +526,7 @@ class Demo:
     def final_verdict(self) -> dict[str, Any]:
         summary = http_json(f"{self.platform_url}/api/summary?gw={self.gw_id}", timeout=60)
         plat = summary.get("gateways", {}).get(self.gw_id, {})
-        db = str(self.work / "buffer.db")
-        stats = json.loads(subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "buffer", "stats", "--db", db, "--json"],
-            check=True, capture_output=True, timeout=60).stdout)
-        out = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "buffer", "export", "--db", db, "--json"],
-            check=True, capture_output=True, timeout=120).stdout
-        held = [json.loads(line)["seq"] for line in out.splitlines() if line.strip()]
+        stats, held = read_stopped_buffer(self.work / "buffer.db")
         v = verdict(plat, int(stats.get("last_seq", 0)), held)
         v["malformed"] = summary.get("malformed", 0)
         v["devices"] = self.snapshot.get("devices")
