@@ -10,7 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
 
 from gateway import metrics
 from gateway.classes import device_classes
@@ -225,7 +225,7 @@ class ApiServer:
     async def metrics(self, request: web.Request) -> web.Response:
         if not self.gw.config.model.metrics.enabled:
             return _problem(404, "metrics disabled")
-        data = generate_latest(REGISTRY)
+        data = await metrics.exposition(REGISTRY)
         return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import signal
@@ -258,6 +259,7 @@ class GatewayApp:
         if self._stop.is_set():
             await self.stop()
             return
+        settle_heap()
         self._notify_ready()
         try:
             while not self._stop.is_set():
@@ -484,10 +486,26 @@ class GatewayApp:
             self._uplink_tasks.clear()
             self.uplinks.clear()
             self._start_uplinks()
+        settle_heap(reloaded=True)
         await self.pipeline.submit([self._gw_record("status", "reloaded")])
         metrics.CONFIG_RELOADS.labels("ok").inc()
         log.info("configuration reloaded: %d bus(es) restarted", len(changed))
         return {"outcome": "ok", "restarted_buses": sorted(changed), "needs_restart": needs_restart}
+
+
+def settle_heap(*, reloaded: bool = False) -> None:
+    """Move what start-up (or a reload) built -- modules, config, profiles, trackers -- out
+    of the cyclic garbage collector's reach (``gc.freeze``).
+
+    Without it, every full collection walks these few hundred thousand long-lived objects
+    while the records in flight keep promoting objects to the oldest generation: at 1,000
+    devices that was a 60-100 ms pause of the event loop every few seconds, visible as poll
+    jitter. After a reload the previous freeze is undone first so the replaced config's
+    cycles can be collected."""
+    if reloaded:
+        gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def _dev_sig(devs: list[Any]) -> list[Any]:

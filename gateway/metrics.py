@@ -10,10 +10,22 @@ uplinks, drivers); a test compares it with a real scrape.
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import platform
 from collections.abc import Iterable
 
-from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    Metric,
+    disable_created_metrics,
+    generate_latest,
+)
 
 import gateway
 
@@ -176,3 +188,50 @@ def init_series(
             bm.DISK_FULL.labels(reason)
         for uplink in uplinks:
             bm.DEAD_LETTERS.labels(uplink)
+
+
+# ------------------------------------------------------------------ exposition
+
+
+class _Families:
+    """A registry-like view of fixed metric families: what ``generate_latest`` reads."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return iter(self._families)
+
+
+def _strip_header(text: bytes) -> bytes:
+    """Drop the leading ``# HELP``/``# TYPE`` lines of a family's continuation slice."""
+    while text.startswith(b"#"):
+        text = text.split(b"\n", 1)[1]
+    return text
+
+
+async def exposition(
+    registry: CollectorRegistry = REGISTRY, slice_samples: int = 1000
+) -> bytes:
+    """The text exposition of ``registry``, byte for byte what ``generate_latest`` returns,
+    rendered on the event loop in slices of at most ``slice_samples`` samples with a yield
+    between them.
+
+    At 1,000 devices a scrape is ~20,000 lines and ~0.15 s of CPU. In one piece that stalls
+    every poll due meanwhile; in a worker thread it is worse, as the loop then waits for the
+    GIL at every callback. Slicing bounds the stall to one family's ``collect()``.
+    """
+    parts: list[bytes] = []
+    for family in registry.collect():
+        samples = family.samples
+        if len(samples) <= slice_samples:
+            parts.append(generate_latest(_Families([family])))  # type: ignore[arg-type]
+        else:
+            for i in range(0, len(samples), slice_samples):
+                part = copy.copy(family)
+                part.samples = samples[i : i + slice_samples]
+                text = generate_latest(_Families([part]))
+                parts.append(_strip_header(text) if i else text)
+                await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    return b"".join(parts)
