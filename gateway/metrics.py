@@ -225,7 +225,7 @@ async def exposition(
     for family in registry.collect():
         samples = family.samples
         if len(samples) <= slice_samples:
-            parts.append(generate_latest(_Families([family])))  # type: ignore[arg-type]
+            parts.append(generate_latest(_Families([family])))
         else:
             for i in range(0, len(samples), slice_samples):
                 part = copy.copy(family)
