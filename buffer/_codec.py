@@ -58,21 +58,16 @@ def series_key(rec: Record) -> SeriesKey:
 
 def encode_id(value: str) -> bytes | str:
     """The 16 bytes of a canonical lower-case UUID string; any other id is kept as text."""
+    if len(value) != 36 or value[8] != "-" or value[13] != "-" or value[18] != "-" or value[23] != "-":
+        return value
     compact = value.replace("-", "")
-    if (
-        len(compact) == 32
-        and len(value) == 36
-        and value[8] == "-"
-        and value[13] == "-"
-        and value[18] == "-"
-        and value[23] == "-"
-    ):
-        try:
-            raw = bytes.fromhex(compact)
-        except ValueError:
-            return value
-        if raw.hex() == compact:  # lower-case hex only, so decoding gives the same text
-            return raw
+    try:
+        raw = bytes.fromhex(compact)
+    except ValueError:
+        return value
+    # 16 bytes: 32 hex digits (fromhex skips whitespace); lower case: decoding gives this text
+    if len(raw) == 16 and compact == compact.lower():
+        return raw
     return value
 
 
@@ -122,7 +117,7 @@ def encode_value(v: Any) -> Any:
 
 
 def encode_row(rec: Record, seq: int, todo: int, sid: int) -> Row:
-    v = rec.v
+    v: Any = rec.v
     cls = v.__class__
     if rec.q == "good" and rec.tsd is None and rec.sev is None and not rec.attrs and not (
         cls is float and v != v
@@ -133,6 +128,9 @@ def encode_row(rec: Record, seq: int, todo: int, sid: int) -> Row:
     if cls is float:
         if v != v:  # NaN: SQLite would store NULL anyway; the extras carry the flag
             v = None
+    elif cls is int:
+        if not -(1 << 63) <= v < (1 << 63):
+            v = float(v)
     elif cls is not str and v is not None:
         v = encode_value(v)
     return (seq, todo, sid, float(rec.ts), encode_id(rec.id), v, x)
@@ -214,7 +212,10 @@ def check_record(rec: object) -> str | None:
     """Why ``rec`` cannot be stored, or ``None``. Cheap: runs on the producer's side."""
     if (
         rec.__class__ is Record
-        and rec.v.__class__ in _FAST_VALUE
+        and (
+            rec.v.__class__ in _FAST_VALUE
+            or rec.v.__class__ is int and -(1 << 63) <= rec.v < (1 << 63)
+        )
         and rec.ts.__class__ is float
         and rec.ts - rec.ts == 0.0  # finite
         and rec.kind in LANE_OF_KIND

@@ -180,6 +180,7 @@ class Store:
         self.all_bits = 0
         self.sid_of: dict[SeriesKey, int] = {}
         self.series: dict[int, SeriesKey] = {}
+        self.next_sid = 1  # kept, not recomputed: max() over every series on each commit was O(series)
         self.evictions: dict[tuple[str, str], int] = {}
         self.dead_letters = 0
         self.ack_retry: list[tuple[Batch, str | None]] = []
@@ -338,6 +339,7 @@ class Store:
             key = SeriesKey(gw, dev, cls, pt, kind, u, bool(vbool))
             self.sid_of[key] = sid
             self.series[sid] = key
+        self.next_sid = (max(self.series) if self.series else 0) + 1
         self._bind_uplinks()
         for lane, table in LANE_TABLES.items():
             n, b = c.execute(f"SELECT count(*), coalesce(sum({ROW_BYTES_SQL}), 0) FROM {table}").fetchone()
@@ -415,7 +417,7 @@ class Store:
         new_series: list[tuple[int, SeriesKey]] = []
         seq = seq0
         sid_of = self.sid_of
-        next_sid = (max(self.series) if self.series else 0) + 1
+        next_sid = self.next_sid
         lane_of = LANE_OF_KIND
         for rec in records:
             # a plain tuple hashes and compares equal to the SeriesKey it stands for
@@ -430,6 +432,7 @@ class Store:
                 new_series.append((sid, skey))
             seq += 1
             rows[lane_of[rec.kind]].append(encode_row(rec, seq, todo, sid))
+        self.next_sid = next_sid
         return rows, new_series, seq
 
     def _insert(self, rows: dict[str, list[Row]], new_series: list[tuple[int, SeriesKey]]) -> None:
@@ -447,6 +450,8 @@ class Store:
         for sid, key in new_series:
             self.sid_of.pop(key, None)
             self.series.pop(sid, None)
+        if new_series:  # they were the newest: their ids are free again
+            self.next_sid = min(sid for sid, _ in new_series)
 
     def _account_insert(self, rows: dict[str, list[Row]]) -> None:
         for lane, lrows in rows.items():
@@ -456,7 +461,7 @@ class Store:
             b = 0
             for r in lrows:
                 # common case inline: 16-byte id, numeric value, no extras
-                if r[6] is None and r[4].__class__ is bytes and r[5].__class__ is float:
+                if r[6] is None and r[4].__class__ is bytes and (r[5].__class__ is float or r[5].__class__ is int):
                     b += ROW_OVERHEAD + 24
                 else:
                     b += row_bytes(r)
@@ -784,8 +789,12 @@ class Store:
             self._note_eviction(Eviction(lane, "budget", first, last, len(gone)), out)
         return len(gone)
 
-    def _write_notes(self, notes: list[Record], out_records: list[Record]) -> None:
-        """Insert lifecycle/summary records inside the current transaction."""
+    def _write_notes(
+        self, notes: list[Record], out_records: list[Record],
+        added: list[tuple[int, SeriesKey]] | None = None,
+    ) -> None:
+        """Insert lifecycle/summary records inside the current transaction. Series it
+        creates are appended to ``added`` so a failed COMMIT can forget them again."""
         if not notes:
             return
         rows, new_series, last = self._stage(notes, self.last_seq, self.all_bits)
@@ -796,6 +805,8 @@ class Store:
         except BaseException:
             self._forget_series(new_series)
             raise
+        if added is not None:
+            added.extend(new_series)
         seq = self.last_seq
         for rec in notes:
             seq += 1
@@ -826,6 +837,7 @@ class Store:
         snapshot = (dict(self.count), dict(self.nbytes), self.last_seq, dict(self.evictions))
         up_snap = {n: (dict(u.unacked), dict(u.inflight)) for n, u in self.ups.items()}
         written: list[Record] = []
+        added: list[tuple[int, SeriesKey]] = []
         try:
             self._set_sync(True)
             c.execute("BEGIN IMMEDIATE")
@@ -835,10 +847,11 @@ class Store:
             if not evs:
                 c.execute("ROLLBACK")
                 return []
-            self._write_notes(extra + self._emit_gaps(evs), written)
+            self._write_notes(extra + self._emit_gaps(evs), written, added)
             c.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
+            self._forget_series(added)
             self.count, self.nbytes, self.last_seq, self.evictions = snapshot
             for n, (ua, inf) in up_snap.items():
                 self.ups[n].unacked, self.ups[n].inflight = ua, inf

@@ -174,7 +174,10 @@ class DeviceTracker:
             if send:
                 self.sent[name] = value
                 self.sent_at[name] = ts
-                out.append(self._rec(pm, kind, value, ts, tsd=tsd))
+                # positional: the hot path of every poll (fields in Record's order)
+                out.append(
+                    Record(self.gw, self.dev, self.cls, name, kind, value, ts, "good", pm.pdef.unit, tsd)  # type: ignore[arg-type]
+                )
             else:
                 self._unchanged.inc()
         for idx, rule in self._rules_by_source.get(name, ()):

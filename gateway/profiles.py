@@ -156,6 +156,15 @@ class PointMap:
     writable: bool = False
     wmin: float | None = None
     wmax: float | None = None
+    # derived: raw numbers pass unchanged (no scale, offset or unit conversion)
+    identity: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "identity",
+            self.scale == 1.0 and self.offset == 0.0
+            and self.unit_factor == 1.0 and self.unit_offset == 0.0,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +215,9 @@ def _num(raw: Any) -> float:
     raise MappingError(f"expected a number, device sent {type(raw).__name__}")
 
 
+_EXACT = 10**12  # integers below this survive _tidy's 12 significant digits unchanged
+
+
 def _tidy(x: float) -> float | int:
     """Remove binary noise from scaled values (0.1 * 3 -> 0.3) without losing precision."""
     if not math.isfinite(x):
@@ -229,6 +241,8 @@ def to_canonical(pm: PointMap, raw: Any) -> Value:
             raise MappingError(f"enum maps {raw!r} to {value!r}, the point needs a boolean")
         return value
     t = pm.pdef.type
+    if raw.__class__ is int and pm.identity and t != "bool" and t != "string" and -_EXACT < raw < _EXACT:
+        return raw  # what the float path below gives for an integer of up to 12 digits
     if t == "bool":
         if isinstance(raw, str):
             b = raw.strip().lower() in ("1", "true", "on", "yes")

@@ -35,20 +35,11 @@ LANE_OF_KIND: Final[dict[str, str]] = {
 _uuid_lock = threading.Lock()
 _last_ms = 0
 _counter = 0
-_pool = b""
-_pool_pos = 0
-_POOL_BYTES = 8 * 1024
-
-
-def _random8() -> int:
-    """64 random bits from a pool refilled from os.urandom (one syscall per 1,024 ids)."""
-    global _pool, _pool_pos
-    if _pool_pos + 8 > len(_pool):
-        _pool = os.urandom(_POOL_BYTES)
-        _pool_pos = 0
-    pos = _pool_pos
-    _pool_pos = pos + 8
-    return int.from_bytes(_pool[pos : pos + 8], "big")
+_prefix = ""  # "tttttttt-tttt-" of _last_ms
+_hex = ""  # random hex digits from os.urandom, consumed 16 at a time
+_hex_pos = 0
+_HEX_POOL_BYTES = 8 * 1024  # one syscall per 1,024 ids
+_VARIANT = "89ab89ab89ab89ab"  # hex digit -> the same low two bits under variant 0b10
 
 
 def uuid7(now_ms: int | None = None) -> str:
@@ -56,18 +47,18 @@ def uuid7(now_ms: int | None = None) -> str:
 
     Within one millisecond a 12-bit counter in ``rand_a`` (seeded randomly each new
     millisecond) keeps ids made by this process strictly increasing, so ids sort in capture
-    order.
+    order. ``rand_b`` is 62 bits from a pool of ``os.urandom`` hex digits. The string is
+    assembled from the cached time prefix, the counter and pool digits (no 128-bit integer
+    formatting): this runs once per record.
     """
-    global _last_ms, _counter
+    global _last_ms, _counter, _prefix, _hex, _hex_pos
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    global _pool, _pool_pos
     with _uuid_lock:
-        pos = _pool_pos
-        if pos + 8 > len(_pool):
-            _pool = os.urandom(_POOL_BYTES)
+        pos = _hex_pos
+        if pos + 19 > len(_hex):
+            _hex = os.urandom(_HEX_POOL_BYTES).hex()
             pos = 0
-        _pool_pos = pos + 8
-        rnd = int.from_bytes(_pool[pos : pos + 8], "big")
+        _hex_pos = pos + 19
         if ms <= _last_ms:
             ms = _last_ms
             _counter += 1
@@ -75,13 +66,16 @@ def uuid7(now_ms: int | None = None) -> str:
                 ms += 1
                 _counter = 0
         else:
-            _counter = _random8() & 0x3FF  # random start, room for 3,000+ ids in this ms
+            # random start, leaving room for 3,000+ ids in this millisecond
+            _counter = int(_hex[pos + 16 : pos + 19], 16) & 0x3FF
+        if ms != _last_ms or not _prefix:
+            t = f"{ms & 0xFFFFFFFFFFFF:012x}"
+            _prefix = f"{t[:8]}-{t[8:]}-7"
         _last_ms = ms
         counter = _counter
-    value = ((ms & 0xFFFFFFFFFFFF) << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62)
-    value |= rnd & 0x3FFFFFFFFFFFFFFF
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        prefix = _prefix
+    r = _hex
+    return f"{prefix}{counter:03x}-{_VARIANT[int(r[pos], 16)]}{r[pos + 1 : pos + 4]}-{r[pos + 4 : pos + 16]}"
 
 
 def uuid7_time(value: str) -> float:

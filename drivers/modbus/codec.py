@@ -217,9 +217,17 @@ def encode_bcd(value: int, nbytes: int) -> bytes:
 
 def decode_registers(spec: ValueSpec, words: Sequence[int]) -> int | float | bool | str:
     """Decode the registers of one value (exactly ``spec.count`` of them)."""
+    t = spec.type
+    if (t == "uint16" or t == "int16") and spec.bit is None and len(words) == 1:
+        # the common case, without the byte round trip: one 16-bit register
+        w = words[0]
+        if not 0 <= w <= 0xFFFF:
+            raise CodecError("malformed", f"register value {w} out of 0..65535")
+        if spec.order == "BADC" or spec.order == "DCBA":  # both swap the two bytes
+            w = ((w & 0xFF) << 8) | (w >> 8)
+        return w - 0x10000 if t == "int16" and w >= 0x8000 else w
     if len(words) != spec.count:
         raise CodecError("malformed", f"expected {spec.count} registers, got {len(words)}")
-    t = spec.type
     if t == "string":
         data = words_to_bytes(words, "BADC" if spec.order in ("BADC", "DCBA") else "ABCD")
         text = data.split(b"\x00", 1)[0]

@@ -271,8 +271,11 @@ class ModbusBus(Bus):
         answered = False
         suspect = device.id in self._suspects
         try:
-            async with self.line.hold(suspect):
+            await self.line.acquire(suspect)  # (hold() without the generator: once per poll)
+            try:
                 reading, answered = await self._read_locked(plan, unit, reply_s, reading)
+            finally:
+                self.line.release()
         except DeviceUnavailable:
             self._suspects.add(device.id)
             raise

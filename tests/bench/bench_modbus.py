@@ -360,7 +360,7 @@ def run_daemon_mode(
                         "--duration",
                         str(int(duration)),
                         "--rate",
-                        "50",
+                        os.environ.get("BENCH_SPY_RATE", os.environ.get("BENCH_SPY_RATE", "50")),
                         "--nonblocking",  # sampling must not pause the gateway
                         "--format",
                         "raw",

@@ -184,3 +184,15 @@ def test_bucket_start_and_config() -> None:
         DownsampleConfig(interval=0)
     with pytest.raises(ValueError):
         DownsampleConfig(interval=math.inf)
+
+
+@given(st.one_of(
+    st.text(max_size=40),
+    st.uuids().map(str),
+    st.uuids().map(lambda u: str(u).upper()),
+    st.text(alphabet="0123456789abcdefABCDEF- \t", min_size=36, max_size=36),
+))
+def test_any_id_text_round_trips(value: str) -> None:
+    enc = encode_id(value)
+    assert decode_id(enc) == value
+    assert isinstance(enc, str) or len(enc) == 16

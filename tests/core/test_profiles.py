@@ -174,3 +174,19 @@ def test_site_profile_overrides_bundled(tmp_path: Any) -> None:
     c = load_config(cfg)
     assert c.profiles["virtual-smoke"].vendor == "Site"
     assert list(c.profiles["virtual-smoke"].points) == ["smoke_density"]
+
+
+@given(st.integers(-(10**14), 10**14), st.sampled_from([("electricity_meter", "energy_import"), ("environment_sensor", "temperature")]))
+def test_integer_shortcut_gives_what_the_float_path_gives(raw: int, where: tuple[str, str]) -> None:
+    """Unscaled integers skip the float round trip; the result must not change."""
+    from gateway.profiles import _tidy
+
+    plain = pm(where[0], where[1])
+    assert plain.identity
+    got = to_canonical(plain, raw)
+    want = _tidy(float(raw))
+    assert got == want and type(got) is type(want)
+    # any scaling switches the shortcut off
+    scaled = pm(where[0], where[1], scale=0.5)
+    assert not scaled.identity
+    assert to_canonical(scaled, raw) == _tidy(float(raw) * 0.5)

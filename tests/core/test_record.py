@@ -2,12 +2,15 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from collections.abc import Iterator
 
 import jsonschema
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway import record
 from gateway.classes import record_schema
 from gateway.record import LANE_OF_KIND, Record, envelope, uuid7, uuid7_time
 
@@ -24,10 +27,50 @@ def test_uuid7_shape_and_order() -> None:
     assert abs(uuid7_time(ids[0]) - time.time()) < 5
 
 
+@pytest.mark.usefixtures("generator_state")
 def test_uuid7_same_millisecond_counter() -> None:
     a = uuid7(now_ms=1_800_000_000_000)
     b = uuid7(now_ms=1_800_000_000_000)
     assert a < b
+
+
+@pytest.fixture
+def generator_state() -> Iterator[None]:
+    """Tests that pass ``now_ms`` from the future put the generator back afterwards, so the
+    ids other tests make in this process carry the real time."""
+    saved = (record._last_ms, record._counter, record._prefix)
+    yield
+    record._last_ms, record._counter, record._prefix = saved
+
+
+@pytest.mark.usefixtures("generator_state")
+def test_uuid7_fields_follow_rfc_9562() -> None:
+    ms = 1_900_000_000_123
+    ids = [uuid7(now_ms=ms + k) for k in range(0, 3000, 3)]
+    for text in ids:
+        u = uuid.UUID(text)
+        assert str(u) == text  # canonical lower-case form
+        assert u.version == 7 and u.variant == uuid.RFC_4122
+    assert [uuid.UUID(t).int >> 80 for t in ids] == [ms + k for k in range(0, 3000, 3)]
+    # the 62 random bits of rand_b are not constant
+    assert len({uuid.UUID(t).int & ((1 << 62) - 1) for t in ids}) == len(ids)
+
+
+@pytest.mark.usefixtures("generator_state")
+def test_uuid7_counter_exhaustion_borrows_the_next_millisecond() -> None:
+    ms = 1_950_000_000_000
+    ids = [uuid7(now_ms=ms) for _ in range(5000)]  # more than the 12-bit counter holds
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    times = {uuid.UUID(t).int >> 80 for t in ids}
+    assert min(times) == ms and len(times) >= 2
+
+
+@pytest.mark.usefixtures("generator_state")
+def test_uuid7_clock_going_back_stays_monotonic() -> None:
+    a = uuid7(now_ms=1_960_000_000_000)
+    b = uuid7(now_ms=1_959_999_999_000)  # the wall clock stepped back one second
+    assert b > a
+    assert uuid.UUID(b).int >> 80 == 1_960_000_000_000
 
 
 def _rec(**kw: object) -> Record:

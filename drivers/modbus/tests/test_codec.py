@@ -603,3 +603,22 @@ def test_parse_units() -> None:
 def test_struct_sanity() -> None:
     # float32 vector built independently with struct
     assert dec("float32", "ABCD", struct.pack(">f", 3.25).hex()) == 3.25
+
+
+@given(
+    st.integers(0, 0xFFFF),
+    st.sampled_from(["int16", "uint16"]),
+    st.sampled_from(["ABCD", "DCBA", "BADC", "CDAB"]),
+)
+def test_single_register_fast_path_matches_the_byte_decoding(w: int, t: str, order: str) -> None:
+    """The one-register shortcut gives what the general byte-order decoding gives."""
+    data = codec._reorder(w.to_bytes(2, "big"), order)
+    want = struct.unpack(">h" if t == "int16" else ">H", data)[0]
+    assert codec.decode_registers(codec.ValueSpec("holding", 0, t, order), [w]) == want
+
+
+@pytest.mark.parametrize("bad", [[-1], [0x10000], [0, 0]])
+def test_single_register_fast_path_rejects_malformed(bad: list[int]) -> None:
+    with pytest.raises(codec.CodecError) as exc:
+        codec.decode_registers(codec.ValueSpec("holding", 0, "int16"), bad)
+    assert exc.value.reason == "malformed"
