@@ -414,7 +414,7 @@ class Buffer:
         batch = self._reserve + items
         records = [r for it in batch for r in it.records]
         try:
-            await self._run(self._store.commit, records)
+            evicted = await self._run(self._commit_then_evict, records)
         except StoreWriteError as exc:
             if self._degraded is None:
                 m.DISK_FULL.labels(exc.reason).inc()
@@ -446,16 +446,24 @@ class Buffer:
         for it in batch:
             self._finish(it)
         self._notify()
-        if self._store.budget_bytes:
-            try:
-                if await self._run(self._store.enforce_budget):
-                    self._notify()
-            except StoreWriteError as exc:
-                log.warning("buffer eviction postponed: %s", exc)
+        if isinstance(evicted, StoreWriteError):
+            log.warning("buffer eviction postponed: %s", evicted)
         t = time.monotonic()
         if t - self._last_metrics >= METRICS_PERIOD:
             self._last_metrics = t
             await self._run(self._store.publish_metrics)
+
+    def _commit_then_evict(self, records: list[Record]) -> list[Record] | StoreWriteError:
+        """Writer thread: commit ``records`` (raises as ``Store.commit`` does), then keep the
+        disk budget in the same trip to the thread. An eviction that cannot be written is
+        returned, not raised: the commit stands and eviction is retried after the next one."""
+        self._store.commit(records)
+        if not self._store.budget_bytes:
+            return []
+        try:
+            return self._store.enforce_budget()
+        except StoreWriteError as exc:
+            return exc
 
     def _notify(self) -> None:
         for name, ev in self._record_events.items():

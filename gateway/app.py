@@ -18,7 +18,7 @@ import gateway
 from gateway import metrics
 from gateway.commands import CommandService
 from gateway.config import Config, ConfigError, load_config
-from gateway.pipeline import DeviceTracker, Pipeline
+from gateway.pipeline import DeviceTracker, Pipeline, remember_latest
 from gateway.plugin import Bus, return_free_memory
 from gateway.record import Record
 from gateway.record import now as ts_now
@@ -199,10 +199,8 @@ class GatewayApp:
             metrics.INGEST_REFUSED.labels(exc.reason).inc(len(records))
             log.warning("buffer refused %d records: %s", len(records), exc.reason)
 
-    def _observe(self, record: Record) -> None:
-        tracker = self.trackers.get(record.dev)
-        if tracker is not None:
-            tracker.latest[record.pt] = record
+    def _observe(self, records: Sequence[Record]) -> None:
+        remember_latest(self.trackers, records)
 
     def _written(self, dev_id: str, point: str, value: Any, ts: float) -> None:
         tracker = self.trackers.get(dev_id)

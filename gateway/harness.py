@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway.commands import CommandService
 from gateway.config import Config, load_config, validate_config
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Pipeline, remember_latest
 from gateway.plugin import Bus
 from gateway.record import Record
 from gateway.supervisor import BusRunner, DeviceRunner, group_by_bus, make_trackers
@@ -63,10 +63,8 @@ class DeviceHarness:
         file = Path(base_dir) / "config.toml"
         return cls(validate_config(tomllib.loads(text), file=file, text=text))
 
-    def _observe(self, record: Record) -> None:
-        tracker = self.trackers.get(record.dev)
-        if tracker is not None:
-            tracker.latest[record.pt] = record
+    def _observe(self, records: Sequence[Record]) -> None:
+        remember_latest(self.trackers, records)
 
     async def _sink(self, records: Sequence[Record]) -> None:
         for r in records:

@@ -11,7 +11,7 @@ are unit-tested directly.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -27,7 +27,7 @@ from gateway.profiles import (
     rule_active,
     to_canonical,
 )
-from gateway.record import Record, Value
+from gateway.record import Record, Value, uuid7_many
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class DeviceTracker:
             sev=sev,  # type: ignore[arg-type]
             attrs=attrs,
             tsd=tsd,
+            id="",  # stamped by Pipeline.submit, in one batch per poll
         )
 
     def _lifecycle(self, online: bool, ts: float, reason: str | None = None) -> Record:
@@ -176,7 +177,7 @@ class DeviceTracker:
                 self.sent_at[name] = ts
                 # positional: the hot path of every poll (fields in Record's order)
                 out.append(
-                    Record(self.gw, self.dev, self.cls, name, kind, value, ts, "good", pm.pdef.unit, tsd)  # type: ignore[arg-type]
+                    Record(self.gw, self.dev, self.cls, name, kind, value, ts, "good", pm.pdef.unit, tsd, None, None, "")  # type: ignore[arg-type]
                 )
             else:
                 self._unchanged.inc()
@@ -253,6 +254,20 @@ class DeviceTracker:
         return recs
 
 
+def remember_latest(trackers: Mapping[str, DeviceTracker], records: Sequence[Record]) -> None:
+    """Keep each device's last sent record per point (what the API's ``latest`` shows).
+    Records of one submit usually share a device: its tracker is looked up once per run."""
+    dev: str | None = None
+    latest: dict[str, Record] | None = None
+    for r in records:
+        if r.dev != dev:
+            dev = r.dev
+            tracker = trackers.get(dev)
+            latest = tracker.latest if tracker is not None else None
+        if latest is not None:
+            latest[r.pt] = r
+
+
 class Pipeline:
     """Privacy hook and hand-over to the sink (the buffer)."""
 
@@ -260,7 +275,7 @@ class Pipeline:
         self,
         sink: Callable[[Sequence[Record]], Awaitable[None]],
         privacy: PrivacyHook | None = None,
-        observe: Callable[[Record], None] | None = None,
+        observe: Callable[[Sequence[Record]], None] | None = None,
     ) -> None:
         self._sink = sink
         self.privacy = privacy
@@ -282,11 +297,14 @@ class Pipeline:
             out = kept
         if not out:
             return
+        unstamped = [r for r in out if not r.id]
+        if unstamped:
+            for r, rid in zip(unstamped, uuid7_many(len(unstamped)), strict=True):
+                r.id = rid
+        if self._observe is not None:
+            self._observe(out)
         counts: dict[tuple[str, str], int] = {}
-        observe = self._observe
         for r in out:
-            if observe is not None:
-                observe(r)
             key = (r.cls, r.kind)
             counts[key] = counts.get(key, 0) + 1
         for (cls, kind), n in counts.items():

@@ -42,40 +42,48 @@ _HEX_POOL_BYTES = 8 * 1024  # one syscall per 1,024 ids
 _VARIANT = "89ab89ab89ab89ab"  # hex digit -> the same low two bits under variant 0b10
 
 
-def uuid7(now_ms: int | None = None) -> str:
-    """Return a UUIDv7 (RFC 9562) string: 48-bit Unix ms time, then random bits.
+def uuid7_many(n: int, now_ms: int | None = None) -> list[str]:
+    """Return ``n`` UUIDv7 (RFC 9562) strings: 48-bit Unix ms time, then random bits.
 
     Within one millisecond a 12-bit counter in ``rand_a`` (seeded randomly each new
     millisecond) keeps ids made by this process strictly increasing, so ids sort in capture
-    order. ``rand_b`` is 62 bits from a pool of ``os.urandom`` hex digits. The string is
+    order. ``rand_b`` is 62 bits from a pool of ``os.urandom`` hex digits. The strings are
     assembled from the cached time prefix, the counter and pool digits (no 128-bit integer
-    formatting): this runs once per record.
+    formatting), with one clock read and one lock for the batch: this runs for every record.
     """
     global _last_ms, _counter, _prefix, _hex, _hex_pos
     ms = int(time.time() * 1000) if now_ms is None else now_ms
+    out: list[str] = []
     with _uuid_lock:
-        pos = _hex_pos
-        if pos + 19 > len(_hex):
-            _hex = os.urandom(_HEX_POOL_BYTES).hex()
-            pos = 0
-        _hex_pos = pos + 19
-        if ms <= _last_ms:
-            ms = _last_ms
-            _counter += 1
-            if _counter > 0xFFF:  # counter exhausted: borrow the next millisecond
-                ms += 1
-                _counter = 0
-        else:
-            # random start, leaving room for 3,000+ ids in this millisecond
-            _counter = int(_hex[pos + 16 : pos + 19], 16) & 0x3FF
-        if ms != _last_ms or not _prefix:
-            t = f"{ms & 0xFFFFFFFFFFFF:012x}"
-            _prefix = f"{t[:8]}-{t[8:]}-7"
-        _last_ms = ms
-        counter = _counter
-        prefix = _prefix
-    r = _hex
-    return f"{prefix}{counter:03x}-{_VARIANT[int(r[pos], 16)]}{r[pos + 1 : pos + 4]}-{r[pos + 4 : pos + 16]}"
+        for _ in range(n):
+            pos = _hex_pos
+            if pos + 19 > len(_hex):
+                _hex = os.urandom(_HEX_POOL_BYTES).hex()
+                pos = 0
+            _hex_pos = pos + 19
+            if ms <= _last_ms:
+                ms = _last_ms
+                _counter += 1
+                if _counter > 0xFFF:  # counter exhausted: borrow the next millisecond
+                    ms += 1
+                    _counter = 0
+            else:
+                # random start, leaving room for 3,000+ ids in this millisecond
+                _counter = int(_hex[pos + 16 : pos + 19], 16) & 0x3FF
+            if ms != _last_ms or not _prefix:
+                t = f"{ms & 0xFFFFFFFFFFFF:012x}"
+                _prefix = f"{t[:8]}-{t[8:]}-7"
+            _last_ms = ms
+            r = _hex
+            out.append(
+                f"{_prefix}{_counter:03x}-{_VARIANT[int(r[pos], 16)]}{r[pos + 1 : pos + 4]}-{r[pos + 4 : pos + 16]}"
+            )
+    return out
+
+
+def uuid7(now_ms: int | None = None) -> str:
+    """One UUIDv7 string (see :func:`uuid7_many`)."""
+    return uuid7_many(1, now_ms)[0]
 
 
 def uuid7_time(value: str) -> float:

@@ -140,6 +140,11 @@ def test_failing_device_does_not_stop_others(tmp_path: Path) -> None:
         d.wait_for(lambda: d.get("/api/v1/devices/pillar-01")["state"] == "online", 10, "pillar online")
         flag.write_text("down")
         d.wait_for(lambda: d.get("/api/v1/devices/pillar-01")["state"] == "offline", 10, "pillar offline")
+        # the device state flips before the offline batch (lifecycle + bad values) commits
+        d.wait_for(
+            lambda: any(r["dev"] == "pillar-01" and r["v"] == "offline" for r in _records(d)),
+            10, "offline record stored",
+        )
         last = d.get("/api/v1/records?after_seq=0&limit=1")["last_seq"]
         time.sleep(6)
         recent = _records(d, last)

@@ -134,3 +134,28 @@ async def test_pipeline_privacy_hook_and_sink() -> None:
     assert [r.pt for r in got] == ["status", "gas_concentration"]
     await p.submit([])
     assert len(got) == 2
+
+
+async def test_pipeline_stamps_ids_in_capture_order() -> None:
+    """Tracker records leave without ids; the pipeline gives each a UUIDv7 (after the privacy
+    hook), increasing in order. A record that already has an id keeps it."""
+    import uuid
+
+    got: list[Record] = []
+
+    async def sink(recs: Sequence[Record]) -> None:
+        got.extend(recs)
+
+    t = tracker()
+    first = t.on_reading(reading(3.0), 100.0)
+    assert first and all(r.id == "" for r in first)
+    p = Pipeline(sink)
+    await p.submit(first)
+    await p.submit(t.on_reading(reading(30.0), 101.0))  # telemetry + alarm event
+    own = Record(gw="gw", dev="gas-1", cls="gas_detector", pt="fault", kind="event", v=True, ts=102.0, id="kept-id")
+    await p.submit([own])
+    ids = [r.id for r in got]
+    assert ids[-1] == "kept-id"
+    stamped = ids[:-1]
+    assert len(stamped) == len(set(stamped)) >= 4 and stamped == sorted(stamped)
+    assert all(uuid.UUID(i).version == 7 for i in stamped)
