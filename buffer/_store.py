@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import heapq
 import json
 import logging
@@ -146,6 +147,31 @@ def is_corruption(exc: BaseException) -> bool:
         or "not a database" in text
         or "not a buffer database" in text
     )
+
+
+#: Rows per multi-row INSERT. sqlite3 releases the GIL around every statement step, so an
+#: ``executemany`` of n rows hands the GIL to the event loop thread and back n times; with
+#: the loop busy, that convoy cost more CPU than the insert itself. Powers of two keep the
+#: number of distinct statements (and so of prepared-statement cache entries) small.
+_CHUNKS: Final = (64, 16, 4, 1)
+_ROW_SQL: Final = "(?, ?, ?, ?, ?, ?, ?)"
+
+
+@functools.cache
+def _insert_sql(table: str, size: int) -> str:
+    return f"INSERT INTO {table} VALUES " + ", ".join([_ROW_SQL] * size)
+
+
+def insert_rows(c: sqlite3.Connection, table: str, rows: Sequence[Row]) -> None:
+    """INSERT ``rows`` into ``table`` with a few multi-row statements."""
+    i, n = 0, len(rows)
+    for size in _CHUNKS:
+        if n - i < size:
+            continue
+        sql = _insert_sql(table, size)
+        while n - i >= size:
+            c.execute(sql, [x for row in rows[i : i + size] for x in row])
+            i += size
 
 
 class Store:
@@ -444,7 +470,7 @@ class Store:
             )
         for lane, lrows in rows.items():
             if lrows:
-                c.executemany(f"INSERT INTO {LANE_TABLES[lane]} VALUES (?, ?, ?, ?, ?, ?, ?)", lrows)
+                insert_rows(c, LANE_TABLES[lane], lrows)
 
     def _forget_series(self, new_series: list[tuple[int, SeriesKey]]) -> None:
         for sid, key in new_series:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -196,3 +197,16 @@ def test_any_id_text_round_trips(value: str) -> None:
     enc = encode_id(value)
     assert decode_id(enc) == value
     assert isinstance(enc, str) or len(enc) == 16
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 17, 64, 65, 150])
+def test_multi_row_insert_writes_every_row_in_order(n: int, tmp_path: Path) -> None:
+    import sqlite3
+
+    from buffer._store import insert_rows
+
+    c = sqlite3.connect(tmp_path / "t.db")
+    c.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, todo, sid, ts, id, v, x)")
+    rows = [(i + 1, 3, i % 7, 1000.0 + i, bytes(16), i * 0.5 if i % 2 else f"s{i}", None) for i in range(n)]
+    insert_rows(c, "t", rows)
+    assert c.execute("SELECT * FROM t ORDER BY seq").fetchall() == rows
