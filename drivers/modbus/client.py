@@ -272,12 +272,14 @@ class ModbusClient:
         ``LinkError`` when no usable answer came (with the reason classified)."""
         from pymodbus.exceptions import ConnectionException, ModbusException
 
-        await self.connect()
-        await self._quiet_line()
-        if self._client is None or not self._client.connected:
-            # the connection dropped while we kept the line quiet
-            self._dropped = False
+        if not self.connected:
             await self.connect()
+        if self._gap > 0:
+            await self._quiet_line()
+            if self._client is None or not self._client.connected:
+                # the connection dropped while we kept the line quiet
+                self._dropped = False
+                await self.connect()
         self._count_request(req.fc)
         self._in_request = True
         self._rx_done = self._rx_pending = b""

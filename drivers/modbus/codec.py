@@ -607,7 +607,9 @@ def plan_reads(
 def slice_block(block: ReadBlock, data: Sequence[int] | Sequence[bool], span: Span) -> list[int]:
     """The registers/bits of ``span`` out of the data read for ``block``."""
     lo = span.offset - block.start
-    return [int(x) for x in data[lo : lo + span.count]]
+    if block.table in BIT_TABLES:
+        return [int(x) for x in data[lo : lo + span.count]]  # bools as 0/1
+    return list(data[lo : lo + span.count])
 
 
 def parse_units(text: str) -> list[int]:

@@ -164,6 +164,7 @@ class ModbusBus(Bus):
         self.line = Line()
         self._suspects: set[str] = set()  # devices whose last poll got no answer
         self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
+        self._last_plan: dict[str, tuple[Sequence[PointSpec], _Plan]] = {}
         self._failures: dict[str, Any] = {}
         self._exceptions: dict[int, Any] = {}
         self._retries = metrics.RETRIES.labels(spec.name)
@@ -201,10 +202,17 @@ class ModbusBus(Bus):
         return len(self._plan(device, device.points).blocks)
 
     def _plan(self, device: DeviceSpec, points: Sequence[PointSpec]) -> _Plan:
+        # every poll passes the same ``device.points`` object: found by identity first,
+        # without building the key of point names
+        last = self._last_plan.get(device.id)
+        if last is not None and last[0] is points:
+            return last[1]
         key = (device.id, tuple(p.name for p in points))
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = make_plan(device, points, self.options.max_gap)
+        if points is device.points:
+            self._last_plan[device.id] = (points, plan)
         return plan
 
     # ------------------------------------------------------------------ requests

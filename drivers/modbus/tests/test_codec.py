@@ -590,6 +590,9 @@ def test_plan_properties(items: list[tuple[str, int, int]], max_regs: int, gap: 
 def test_slice_block() -> None:
     block = ReadBlock("holding", 10, 4, ())
     assert codec.slice_block(block, [1, 2, 3, 4], Span("x", "holding", 12, 2)) == [3, 4]
+    coils = ReadBlock("coil", 0, 3, ())
+    got = codec.slice_block(coils, [True, False, True], Span("y", "coil", 2, 1))
+    assert got == [1] and type(got[0]) is int
 
 
 def test_parse_units() -> None:
