@@ -3,6 +3,7 @@
     .venv/bin/python tests/bench/bench_modbus.py                     # 1, 10, 100, 1000 devices
     .venv/bin/python tests/bench/bench_modbus.py --devices 1000 --duration 30
     .venv/bin/python tests/bench/bench_modbus.py --devices 1000 --profile /tmp/gw  # + py-spy
+    BENCH_SPY_RATE=200 .venv/bin/python tests/bench/bench_modbus.py --devices 1000 --profile /tmp/gw
     .venv/bin/python tests/bench/bench_modbus.py --mode driver       # the driver alone
 
 The simulators run as separate processes (``hwsim modbus farm``, 250 devices each, one TCP
