@@ -414,7 +414,7 @@ class Buffer:
         batch = self._reserve + items
         records = [r for it in batch for r in it.records]
         try:
-            evicted = await self._run(self._commit_then_evict, records)
+            await self._run(self._store.commit, records)
         except StoreWriteError as exc:
             if self._degraded is None:
                 m.DISK_FULL.labels(exc.reason).inc()
@@ -444,26 +444,20 @@ class Buffer:
         self._reserve, self._reserved = [], 0
         m.RESERVE_RECORDS.set(0)
         for it in batch:
-            self._finish(it)
+            self._finish(it)  # the producers go on; eviction below does not delay them
         self._notify()
-        if isinstance(evicted, StoreWriteError):
-            log.warning("buffer eviction postponed: %s", evicted)
+        if self._store.budget_bytes:
+            try:
+                if await self._run(self._store.enforce_budget):
+                    self._notify()
+            except StoreWriteError as exc:
+                log.warning("buffer eviction postponed: %s", exc)
+            except Exception:  # the commit stands; eviction is tried again after the next one
+                log.exception("buffer eviction failed")
         t = time.monotonic()
         if t - self._last_metrics >= METRICS_PERIOD:
             self._last_metrics = t
             await self._run(self._store.publish_metrics)
-
-    def _commit_then_evict(self, records: list[Record]) -> list[Record] | StoreWriteError:
-        """Writer thread: commit ``records`` (raises as ``Store.commit`` does), then keep the
-        disk budget in the same trip to the thread. An eviction that cannot be written is
-        returned, not raised: the commit stands and eviction is retried after the next one."""
-        self._store.commit(records)
-        if not self._store.budget_bytes:
-            return []
-        try:
-            return self._store.enforce_budget()
-        except StoreWriteError as exc:
-            return exc
 
     def _notify(self) -> None:
         for name, ev in self._record_events.items():

@@ -445,19 +445,23 @@ class Store:
         sid_of = self.sid_of
         next_sid = self.next_sid
         lane_of = LANE_OF_KIND
-        for rec in records:
-            # a plain tuple hashes and compares equal to the SeriesKey it stands for
-            key: Any = (rec.gw, rec.dev, rec.cls, rec.pt, rec.kind, rec.u, rec.v.__class__ is bool)
-            sid = sid_of.get(key)
-            if sid is None:
-                skey = SeriesKey(*key)
-                sid = next_sid
-                next_sid += 1
-                sid_of[skey] = sid
-                self.series[sid] = skey
-                new_series.append((sid, skey))
-            seq += 1
-            rows[lane_of[rec.kind]].append(encode_row(rec, seq, todo, sid))
+        try:
+            for rec in records:
+                # a plain tuple hashes and compares equal to the SeriesKey it stands for
+                key: Any = (rec.gw, rec.dev, rec.cls, rec.pt, rec.kind, rec.u, rec.v.__class__ is bool)
+                sid = sid_of.get(key)
+                if sid is None:
+                    skey = SeriesKey(*key)
+                    sid = next_sid
+                    next_sid += 1
+                    sid_of[skey] = sid
+                    self.series[sid] = skey
+                    new_series.append((sid, skey))
+                seq += 1
+                rows[lane_of[rec.kind]].append(encode_row(rec, seq, todo, sid))
+        except BaseException:
+            self._forget_series(new_series)  # nothing was written: the ids are free again
+            raise
         self.next_sid = next_sid
         return rows, new_series, seq
 

@@ -14,6 +14,7 @@ import asyncio
 import copy
 import platform
 from collections.abc import Iterable
+from typing import Final
 
 from prometheus_client import (
     REGISTRY,
@@ -204,10 +205,13 @@ class _Families:
 
 
 def _strip_header(text: bytes) -> bytes:
-    """Drop the leading ``# HELP``/``# TYPE`` lines of a family's continuation slice."""
-    while text.startswith(b"#"):
-        text = text.split(b"\n", 1)[1]
-    return text
+    """Drop the ``# HELP`` and ``# TYPE`` lines a family's continuation slice starts with."""
+    return text.split(b"\n", 2)[2]
+
+
+# Samples generate_latest moves to the end of their family under headers of their own: a
+# family with any of them is rendered in one piece.
+_TRAILING_SUFFIXES: Final = ("_created", "_gsum", "_gcount")
 
 
 async def exposition(
@@ -224,7 +228,9 @@ async def exposition(
     parts: list[bytes] = []
     for family in registry.collect():
         samples = family.samples
-        if len(samples) <= slice_samples:
+        if len(samples) <= slice_samples or any(
+            sm.name.endswith(_TRAILING_SUFFIXES) for sm in samples
+        ):
             parts.append(generate_latest(_Families([family])))
         else:
             for i in range(0, len(samples), slice_samples):

@@ -24,6 +24,7 @@ import math
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 TABLES = ("coil", "discrete", "input", "holding")
 BIT_TABLES = frozenset({"coil", "discrete"})
@@ -215,15 +216,19 @@ def encode_bcd(value: int, nbytes: int) -> bytes:
     return bytes(int(digits[i]) << 4 | int(digits[i + 1]) for i in range(0, len(digits), 2))
 
 
+_ORDERS: Final = frozenset({"ABCD", "DCBA", "BADC", "CDAB"})
+
+
 def decode_registers(spec: ValueSpec, words: Sequence[int]) -> int | float | bool | str:
     """Decode the registers of one value (exactly ``spec.count`` of them)."""
     t = spec.type
-    if (t == "uint16" or t == "int16") and spec.bit is None and len(words) == 1:
+    order = spec.order
+    if (t == "uint16" or t == "int16") and spec.bit is None and len(words) == 1 and order in _ORDERS:
         # the common case, without the byte round trip: one 16-bit register
         w = words[0]
         if not 0 <= w <= 0xFFFF:
             raise CodecError("malformed", f"register value {w} out of 0..65535")
-        if spec.order == "BADC" or spec.order == "DCBA":  # both swap the two bytes
+        if order == "BADC" or order == "DCBA":  # both swap the two bytes of one register
             w = ((w & 0xFF) << 8) | (w >> 8)
         return w - 0x10000 if t == "int16" and w >= 0x8000 else w
     if len(words) != spec.count:

@@ -361,7 +361,7 @@ def run_daemon_mode(
                         "--duration",
                         str(int(duration)),
                         "--rate",
-                        os.environ.get("BENCH_SPY_RATE", os.environ.get("BENCH_SPY_RATE", "50")),
+                        os.environ.get("BENCH_SPY_RATE", "50"),
                         "--nonblocking",  # sampling must not pause the gateway
                         "--format",
                         "raw",

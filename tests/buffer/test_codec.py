@@ -210,3 +210,24 @@ def test_multi_row_insert_writes_every_row_in_order(n: int, tmp_path: Path) -> N
     rows = [(i + 1, 3, i % 7, 1000.0 + i, bytes(16), i * 0.5 if i % 2 else f"s{i}", None) for i in range(n)]
     insert_rows(c, "t", rows)
     assert c.execute("SELECT * FROM t ORDER BY seq").fetchall() == rows
+
+
+def test_failed_staging_frees_its_series_ids(tmp_path: Path) -> None:
+    """A batch that cannot be encoded half way leaves no series behind: the next batch's new
+    series get fresh ids and every record reads back with its own device and point."""
+    from buffer._codec import CodecError
+    from buffer._store import Store
+
+    st = Store(str(tmp_path / "b.db"), gw="gw", uplinks=["up"])
+    st.open()
+    try:
+        st.commit([rec(dev="a", pt="p1", v=1.0)])
+        broken = [rec(dev="b", pt="p2", v=2.0), rec(dev="c", pt="p3", v=object())]  # type: ignore[arg-type]
+        with pytest.raises(CodecError):
+            st.commit(broken)
+        st.commit([rec(dev="d", pt="p4", v=4.0), rec(dev="b", pt="p2", v=5.0)])
+        got = [(r.dev, r.pt, r.v) for r in st.records_after(0, 10)]
+        assert got == [("a", "p1", 1.0), ("d", "p4", 4.0), ("b", "p2", 5.0)]
+        assert len(set(st.sid_of.values())) == len(st.sid_of) == len(st.series) == 3
+    finally:
+        st.close()

@@ -4,9 +4,23 @@ keeps running while a large scrape is rendered."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    Metric,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    SummaryMetricFamily,
+)
 
 from gateway.metrics import exposition
 
@@ -38,6 +52,34 @@ def test_same_bytes_as_generate_latest(slice_samples: int) -> None:
     # each family header appears exactly once even when a family is cut into many slices
     assert got.count(b"# TYPE t_poll_duration_seconds histogram\n") == 1
     assert got.count(b"# HELP t_device_up up\n") == 1
+
+
+class _Custom:
+    """Families whose extra samples generate_latest moves to the end under headers of their
+    own (``_created``, ``_gsum``/``_gcount``), and a summary."""
+
+    def collect(self) -> Iterator[Metric]:
+        gh = GaugeHistogramMetricFamily("t_queue", "gauge histogram", labels=["q"])
+        for q in ("a", "b", "c"):
+            gh.add_metric([q], [("1.0", 2.0), ("+Inf", 3.0)], gsum_value=4.0)
+        yield gh
+        c = CounterMetricFamily("t_events", "with created", labels=["k"])
+        for k in ("x", "y", "z"):
+            c.add_metric([k], 5.0, created=1_700_000_000.0)
+        yield c
+        sm = SummaryMetricFamily("t_latency", "summary", labels=["op"])
+        for op in ("r", "w", "d"):
+            sm.add_metric([op], count_value=3, sum_value=1.5)
+        yield sm
+
+
+@pytest.mark.parametrize("slice_samples", [1, 2, 4])
+def test_families_with_trailing_samples_are_not_cut(slice_samples: int) -> None:
+    reg = CollectorRegistry()
+    reg.register(_Custom())  # type: ignore[arg-type]
+    got = asyncio.run(exposition(reg, slice_samples=slice_samples))
+    assert got == generate_latest(reg)
+    assert got.count(b"# HELP t_queue_gsum") == 1 and got.count(b"# HELP t_events_created") == 1
 
 
 def test_empty_registry() -> None:

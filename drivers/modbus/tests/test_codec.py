@@ -625,3 +625,9 @@ def test_single_register_fast_path_rejects_malformed(bad: list[int]) -> None:
     with pytest.raises(codec.CodecError) as exc:
         codec.decode_registers(codec.ValueSpec("holding", 0, "int16"), bad)
     assert exc.value.reason == "malformed"
+
+
+def test_single_register_with_unknown_order_is_refused() -> None:
+    with pytest.raises(codec.CodecError) as exc:
+        codec.decode_registers(codec.ValueSpec("holding", 0, "uint16", "XYZW"), [1])
+    assert exc.value.reason == "bad_order"
