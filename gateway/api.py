@@ -159,8 +159,8 @@ class ApiServer:
             return _problem(404, "unknown device", dev_id)
         tr = self.gw.trackers.get(dev_id)
         latest = {
-            pt: {"v": r.v, "q": r.q, "ts": r.ts, "u": r.u, "kind": r.kind}
-            for pt, r in (tr.latest.items() if tr else ())
+            pt: {"v": v, "q": q, "ts": ts, "u": u, "kind": kind}
+            for pt, (v, q, ts, u, kind) in (tr.latest.items() if tr else ())
         }
         return _json({"device": dev_id, "points": latest})
 

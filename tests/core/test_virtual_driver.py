@@ -45,6 +45,6 @@ async def test_generators_produce_class_typed_values(tmp_path: Path) -> None:
         assert res["outcome"] == "ok"
         after = await h.poll("light")
         assert [r for r in after if r.pt == "on"] == []  # already reported by the command
-        assert h.trackers["light"].latest["on"].v is False
+        assert h.trackers["light"].latest["on"][0] is False
         assert [(r.pt, r.v) for r in h.records if r.pt == "on"][-1] == ("on", False)
         assert (await h.write("light", "power", 5))["outcome"] == "rejected"
