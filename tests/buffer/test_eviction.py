@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY
 
 from buffer import Buffer, DownsampleConfig
@@ -142,3 +145,27 @@ async def test_downsampling_replaces_old_telemetry(tmp_path: Path) -> None:
         assert s.attrs["last_ts"] - s.attrs["first_ts"] < 60
     gs = [g for g in gaps(recs) if g.attrs and g.attrs["reason"] == "downsampled"]
     assert gs and sum(g.v for g in gs) >= sum(s.attrs["count"] for s in summaries if s.attrs)  # type: ignore[misc]
+
+
+async def test_unexpected_eviction_error_does_not_fail_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The commit stands when the budget check after it breaks: append returns, the records
+    have their seqs, the error is logged, and the next commit works as well."""
+    async with Buffer(str(tmp_path / "b.db"), gw=GW, budget_bytes=BUDGET) as buf:
+        def broken() -> list[Record]:
+            raise RuntimeError("eviction bug")
+
+        monkeypatch.setattr(buf._store, "enforce_budget", broken)
+        first = [tel(1.0), tel(2.0)]
+        with caplog.at_level(logging.ERROR, logger="buffer"):
+            await buf.append(first)
+            assert [r.seq for r in first] == [1, 2]
+            for _ in range(200):  # eviction runs after the producers are released
+                if "buffer eviction failed" in caplog.text:
+                    break
+                await asyncio.sleep(0.01)
+        assert "buffer eviction failed" in caplog.text
+        later = [tel(3.0)]
+        await buf.append(later)
+        assert later[0].seq == 3
