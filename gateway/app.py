@@ -25,6 +25,7 @@ from gateway.record import now as ts_now
 from gateway.supervisor import (
     BusRunner,
     StartupError,
+    cancel_and_wait,
     group_by_bus,
     make_trackers,
     spawn_factory,
@@ -389,11 +390,7 @@ class GatewayApp:
             with contextlib.suppress(Exception):
                 await self.pipeline.submit([self._gw_record("status", "stopping")])
             await self._flush_uplinks(STOP_FLUSH_SECONDS)
-        for t in self._uplink_tasks:
-            t.cancel()
-        for t in self._uplink_tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._uplink_tasks)
         self._uplink_tasks.clear()
         for up in self.uplinks:
             close = getattr(up, "close", None)
@@ -404,11 +401,7 @@ class GatewayApp:
         if self.api is not None:
             await self.api.stop()
             self.api = None
-        for t in list(self._tasks):
-            t.cancel()
-        for t in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(list(self._tasks))
         if self.buffer is not None:
             await self.buffer.close()
             self.buffer = None

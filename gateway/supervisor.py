@@ -40,6 +40,31 @@ def backoff_delay(failures: int, interval: float, cap: float, rng: random.Random
     return base * rng.uniform(0.5, 1.0)
 
 
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], *, grace: float = 5.0) -> None:
+    """Cancel ``tasks`` and wait until they have ended, cancelling again while one runs on.
+
+    Python 3.11's ``asyncio.wait_for`` (used by pymodbus for every request, among others)
+    swallows a cancellation that arrives just as the awaited answer does: the task then runs
+    on as if never cancelled, and awaiting it once would block a shutdown forever. Tasks still
+    running after ``grace`` seconds are logged and left behind."""
+    current = asyncio.current_task()
+    pending = {t for t in tasks if not t.done() and t is not current}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while pending:
+        for t in pending:
+            t.cancel()
+        left = deadline - loop.time()
+        if left <= 0:
+            for t in pending:
+                log.error("task %s did not end within %.0fs of being cancelled", t.get_name(), grace)
+            break
+        _, pending = await asyncio.wait(pending, timeout=min(0.2, left))
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is not None and t is not current:
+            log.error("task %s ended with an error", t.get_name(), exc_info=t.exception())
+
+
 class DeviceRunner:
     def __init__(
         self,
@@ -59,6 +84,7 @@ class DeviceRunner:
         self.backoff_cap = backoff_cap
         self.backoff_until = 0.0
         self.polls = 0
+        self.stopping = False
         self._rng = random.Random()
         self._up = metrics.DEVICE_UP.labels(device.spec.id, device.spec.cls, driver.name)
         self._dur = metrics.POLL_DURATION.labels(device.spec.id, driver.name)
@@ -71,7 +97,7 @@ class DeviceRunner:
         # spread first polls of many devices over one interval
         t0 = loop.time() + self._rng.uniform(0, min(interval, 1.0))
         k = 0
-        while True:
+        while not self.stopping:
             due = t0 + k * interval
             delay = due - loop.time()
             if delay > 0:
@@ -263,15 +289,9 @@ class BusRunner:
         await self.pipeline.submit(tracker.on_event(ev, ts_now()))
 
     async def close(self) -> None:
-        for t in self.tasks:
-            t.cancel()
-        for t in self.tasks:
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                log.exception("task of bus %s ended with an error", self.spec.name)
+        for runner in self.runners.values():
+            runner.stopping = True  # ends its loop even if a cancellation gets swallowed
+        await cancel_and_wait(self.tasks)
         self.tasks.clear()
         if self.bus is not None:
             try:

@@ -11,7 +11,7 @@ from gateway.config import load_config
 from gateway.pipeline import DeviceTracker, Pipeline
 from gateway.plugin import Bus, BusSpec, DeviceSpec, DeviceUnavailable, PointSpec, Reading
 from gateway.record import Record
-from gateway.supervisor import DeviceRunner, backoff_delay
+from gateway.supervisor import DeviceRunner, backoff_delay, cancel_and_wait
 
 
 def test_backoff_grows_caps_and_jitters() -> None:
@@ -104,3 +104,62 @@ async def test_loop_errors_are_counted_and_logged_once(tmp_path: Path, caplog: p
     after = REGISTRY.get_sample_value("edge_gw_loop_errors_total", {"reason": "ZeroDivisionError"})
     assert after == before + 3
     assert sum("unhandled ZeroDivisionError" in r.getMessage() for r in caplog.records) == 1
+
+
+class SwallowingBus(ClockBus):
+    """A read that swallows a cancellation, as Python 3.11's ``asyncio.wait_for`` does when
+    the awaited answer arrives together with the cancel (pymodbus awaits every request so)."""
+
+    swallowed = 0
+
+    async def read(self, device: DeviceSpec, points: Sequence[PointSpec]) -> Reading:
+        self.times.append(asyncio.get_running_loop().time())
+        try:
+            await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            if self.swallowed:  # the race is rare: only the first cancellation is lost
+                raise
+            self.swallowed += 1
+        return Reading(values={"temperature": 20.0})
+
+
+async def test_a_swallowed_cancellation_does_not_keep_a_poller_alive(tmp_path: Path) -> None:
+    runner, _ = _runner(tmp_path, SwallowingBus(), 0.05)
+    task = asyncio.create_task(runner.run())
+    await asyncio.sleep(0.3)
+    task.cancel()  # one cancel, as a plain shutdown would do: swallowed, the poller runs on
+    done, _ = await asyncio.wait({task}, timeout=0.5)
+    assert not done
+    await cancel_and_wait([task], grace=3.0)
+    assert task.done()
+
+
+async def test_stopping_flag_ends_the_poll_loop(tmp_path: Path) -> None:
+    bus = SwallowingBus()
+    runner, _ = _runner(tmp_path, bus, 0.05)
+    task = asyncio.create_task(runner.run())
+    await asyncio.sleep(0.3)
+    runner.stopping = True
+    await asyncio.wait_for(task, 2.0)  # ends by itself after the poll in flight
+    assert task.done() and not task.cancelled()
+
+
+async def test_cancel_and_wait_gives_up_after_its_grace(caplog: pytest.LogCaptureFixture) -> None:
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                continue
+
+    task = asyncio.create_task(stubborn(), name="stubborn")
+    await asyncio.sleep(0)
+    await cancel_and_wait([task], grace=0.5)
+    assert not task.done()
+    assert "stubborn did not end" in caplog.text
+    release.set()
+    task.cancel()
+    await asyncio.wait({task}, timeout=2.0)
+    assert task.done()
