@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
+from hwsim.scenario.demo import http_json  # noqa: E402
 from hwsim.scenario.model import GatewayOptions, Scenario, parse_scenario  # noqa: E402
 from hwsim.scenario.runner import Child, ScenarioRunner, find_scenario  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -180,16 +181,6 @@ def vm_hwm(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-def http_json(url: str, timeout: float = 10.0) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 503:
-            return json.loads(exc.read())
-        raise
 
 
 def points_handled(api: str) -> float:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.core_daemon import Daemon, free_port
+from tests.support.sim_child import terminate
 
 SIM_USER = "admin"
 SIM_PASSWORD = "pw"
@@ -63,13 +64,8 @@ class CameraSim:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc)
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
 

@@ -12,7 +12,6 @@ import gzip
 import json
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.core_daemon import free_port
+from tests.support.sim_child import terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 HWSIM = [sys.executable, "-c", "import sys; from hwsim.cli import main; sys.exit(main())"]
@@ -91,13 +91,7 @@ class JsonProc:
                 continue
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._logf.close()

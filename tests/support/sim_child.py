@@ -16,6 +16,17 @@ from typing import Any, Self
 START_TIMEOUT = 15.0
 
 
+def terminate(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """SIGTERM ``proc`` (a clean shutdown), SIGKILL it after ``grace`` seconds; reap it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class ReadyLineChild:
     def __init__(self, argv: list[str], *, env: dict[str, str] | None = None,
                  log: Path | None = None) -> None:
@@ -51,13 +62,7 @@ class ReadyLineChild:
     def stop(self) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return int(self.proc.returncode)

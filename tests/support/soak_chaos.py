@@ -41,7 +41,7 @@ from typing import Any
 
 import aiohttp
 from hwsim.proxy.proxy import FaultProxy
-from hwsim.scenario.demo import read_stopped_buffer, wait_platform_subscribed
+from hwsim.scenario.demo import http_json, read_stopped_buffer, start_platform
 from hwsim.scenario.model import Device, GatewayOptions, load_scenario
 from hwsim.scenario.runner import Child, ScenarioRunner, find_scenario
 
@@ -116,16 +116,6 @@ class SoakError(RuntimeError):
     pass
 
 
-def _http_json(url: str, timeout: float = 5.0) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 503:
-            return json.loads(exc.read())
-        raise
-
-
 class ChaosSoak:
     def __init__(self, opt: SoakOptions) -> None:
         self.opt = opt
@@ -156,15 +146,7 @@ class ChaosSoak:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.broker.start)
-        http_port = free_port()
-        self.platform = Child("platform", "platform", [
-            sys.executable, "-m", "hwsim", "platform", "run", "--db", str(self.work / "platform.db"),
-            "--mqtt", f"127.0.0.1:{self.broker.port}", "--prefix", PREFIX,
-            "--http", f"127.0.0.1:{http_port}"], self.work)
-        self.platform.spawn()
-        info = await self.platform.wait_info(30)
-        self.platform_url = str(info["http"])
-        await wait_platform_subscribed(self.broker.port, self.platform_url, "soak-probe")
+        self.platform, self.platform_url = await start_platform(self.work, self.broker.port, "soak-probe")
         self.proxy = FaultProxy("127.0.0.1", self.broker.port)
         await self.proxy.start()
         scenario = load_scenario(find_scenario(self.opt.scenario))
@@ -194,7 +176,7 @@ class ChaosSoak:
             if self.gateway.poll() is not None:
                 raise SoakError(f"the gateway exited with {self.gateway.returncode} at start:\n{self.gw_tail()}")
             with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
-                health = await asyncio.to_thread(_http_json, f"http://{self.api}/api/v1/health", 2.0)
+                health = await asyncio.to_thread(http_json, f"http://{self.api}/api/v1/health", 2.0)
                 if health.get("live"):
                     return
             await asyncio.sleep(0.2)
@@ -352,14 +334,14 @@ class ChaosSoak:
 
     async def _buffer_used(self) -> int | None:
         with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
-            st = await asyncio.to_thread(_http_json, f"http://{self.api}/api/v1/buffer", 3.0)
+            st = await asyncio.to_thread(http_json, f"http://{self.api}/api/v1/buffer", 3.0)
             used = st.get("used_bytes")
             return int(used) if isinstance(used, int | float) else None
         return None
 
     async def _evictions(self) -> int:
         try:
-            st = await asyncio.to_thread(_http_json, f"http://{self.api}/api/v1/buffer", 3.0)
+            st = await asyncio.to_thread(http_json, f"http://{self.api}/api/v1/buffer", 3.0)
         except (OSError, ValueError, urllib.error.URLError):
             return 0
         ev = st.get("evictions") or {}
@@ -455,8 +437,8 @@ class ChaosSoak:
         last: dict[str, Any] = {}
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
-                buf = await asyncio.to_thread(_http_json, f"http://{self.api}/api/v1/buffer", 5.0)
-                ups = await asyncio.to_thread(_http_json, f"http://{self.api}/api/v1/uplinks", 5.0)
+                buf = await asyncio.to_thread(http_json, f"http://{self.api}/api/v1/buffer", 5.0)
+                ups = await asyncio.to_thread(http_json, f"http://{self.api}/api/v1/uplinks", 5.0)
                 city = buf.get("uplinks", {}).get("city", {})
                 up: dict[str, Any] = next((u for u in ups.get("uplinks", []) if u.get("name") == "city"), {})
                 backlog = int(city.get("pending", 0)) + int(city.get("in_flight", 0))
@@ -530,7 +512,7 @@ class ChaosSoak:
                 "errors": dict(sorted(errors.items(), key=lambda kv: -kv[1])[:10])}
 
     def _judge(self) -> dict[str, Any]:
-        summary = _http_json(f"{self.platform_url}/api/summary?gw={self.gw_id}", timeout=120)
+        summary = http_json(f"{self.platform_url}/api/summary?gw={self.gw_id}", timeout=120)
         plat = summary.get("gateways", {}).get(self.gw_id, {})
         stats, held = read_stopped_buffer(self.work / "buffer.db")
         v = judge(plat, platform_db=self.work / "platform.db", gw=self.gw_id,

@@ -91,8 +91,30 @@ def free_port() -> int:
 
 
 def http_json(url: str, timeout: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return json.loads(resp.read())
+    """GET ``url`` as JSON. A 503 answer's body is returned too: the gateway says "not
+    ready, because ..." that way."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 503:
+            return json.loads(exc.read())
+        raise
+
+
+async def start_platform(work: Path, broker_port: int, probe_id: str) -> tuple[Child, str]:
+    """Start the city-platform simulator on the broker; return it and its HTTP base URL once
+    it is subscribed (checked with a probe publish under ``probe_id``)."""
+    http_port = free_port()
+    platform = Child("platform", "platform", [
+        sys.executable, "-m", "hwsim", "platform", "run", "--db", str(work / "platform.db"),
+        "--mqtt", f"127.0.0.1:{broker_port}", "--prefix", PREFIX,
+        "--http", f"127.0.0.1:{http_port}"], work)
+    platform.spawn()
+    info = await platform.wait_info(30)
+    url = str(info["http"])
+    await wait_platform_subscribed(broker_port, url, probe_id)
+    return platform, url
 
 
 async def wait_platform_subscribed(
@@ -285,15 +307,7 @@ class Demo:
         self.say(f"work folder {self.work}")
         await self.broker.start()
         self.say(f"mosquitto on 127.0.0.1:{self.broker.port}")
-        http_port = free_port()
-        self.platform = Child("platform", "platform", [
-            sys.executable, "-m", "hwsim", "platform", "run", "--db", str(self.work / "platform.db"),
-            "--mqtt", f"127.0.0.1:{self.broker.port}", "--prefix", PREFIX,
-            "--http", f"127.0.0.1:{http_port}"], self.work)
-        self.platform.spawn()
-        info = await self.platform.wait_info(30)
-        self.platform_url = str(info["http"])
-        await wait_platform_subscribed(self.broker.port, self.platform_url, "demo-probe")
+        self.platform, self.platform_url = await start_platform(self.work, self.broker.port, "demo-probe")
         self.say(f"city platform simulator on {self.platform_url}")
         self.proxy = FaultProxy("127.0.0.1", self.broker.port)
         await self.proxy.start()
@@ -342,12 +356,7 @@ class Demo:
         return ""
 
     def _get_gw(self, path: str) -> Any:
-        try:
-            return http_json(f"http://{self.api}{path}")
-        except urllib.error.HTTPError as exc:
-            if exc.code == 503:
-                return json.loads(exc.read())
-            raise
+        return http_json(f"http://{self.api}{path}")
 
     async def stop_gateway(self, timeout: float = 30.0) -> int | None:
         if self.gateway is None or self.gateway.poll() is not None:
