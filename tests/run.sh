@@ -13,6 +13,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# a second MQTT broker implementation for tests/conformance
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} (apt-get)"
   $SUDO apt-get update -qq
@@ -25,6 +27,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
 .venv/bin/python -m pip install --quiet -e '.[test]'
+
+if [ $# -eq 0 ]; then
+  # the whole suite starts with the linters
+  .venv/bin/ruff check .
+  .venv/bin/mypy
+fi
 
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
