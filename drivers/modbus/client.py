@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from drivers.modbus import codec, metrics
 from drivers.modbus.schema import BusOptions
+from gateway import serialport
 
 if TYPE_CHECKING:  # pymodbus is imported when the first Modbus bus opens, not at load
     from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -190,6 +191,14 @@ class ModbusClient:
         except Exception as exc:  # pyserial raises ValueError for settings it cannot apply
             client.close()
             metrics.CONNECTS.labels(self.bus, "error").inc()
+            if self.options.transport == "rtu" and serialport.is_open_error(exc):
+                o = self.options
+                problem = await asyncio.to_thread(
+                    serialport.explain, exc,
+                    serialport.LineSettings(str(o.port), o.baud, o.bytesize, o.parity, o.stopbits),
+                    hint_style="cli" if self.bus == "scan" else "config",
+                )
+                raise LinkError("connect_failed", problem.message) from None
             raise LinkError(
                 "connect_failed", f"{self._where()}: {type(exc).__name__}: {exc}"
             ) from None

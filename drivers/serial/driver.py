@@ -121,7 +121,7 @@ class SerialBus(Bus):
         try:
             await self.link.open()
         except LinkError as exc:
-            raise DriverError("port", exc.detail) from None
+            raise DriverError(exc.problem.reason if exc.problem else "port", exc.detail) from None
         if self.options.time_sync and any(isinstance(h, Dlt645Device) for h in self.handlers.values()):
             self._sync_task = asyncio.create_task(self._time_sync_loop(), name=f"serial-timesync-{self.spec.name}")
 
@@ -271,13 +271,13 @@ class SerialDriver(Driver):
         for baud in [int(b) for b in str(args.bauds).split(",") if b.strip()]:
             settings = LinkSettings(port=args.port, baud=baud, parity=args.parity,
                                     first_byte_timeout=args.timeout)
-            link = Link(settings, "scan")
+            link = Link(settings, "scan", hint="cli")
             try:
                 await link.open()
                 row = await probe_address(link, args.protocol)
             except LinkError as exc:
                 if exc.reason == "port":
-                    raise DriverError("port", exc.detail) from None
+                    raise DriverError(exc.problem.reason if exc.problem else "port", exc.detail) from None
                 row = None
             finally:
                 await link.close()

@@ -21,6 +21,7 @@ import serial
 import serial_asyncio_fast
 
 from drivers.serial import metrics
+from gateway import serialport
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,11 +35,13 @@ class LinkError(Exception):
     """The exchange failed. ``reason``: ``timeout`` (silent), ``incomplete`` (bytes but no
     valid reply), ``port`` (the port or TCP connection is unusable)."""
 
-    def __init__(self, reason: str, detail: str = "", received: int = 0) -> None:
+    def __init__(self, reason: str, detail: str = "", received: int = 0,
+                 problem: serialport.PortProblem | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
         self.received = received
+        self.problem = problem  # why the port did not open (reason ``port`` only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +83,10 @@ class _Protocol(asyncio.Protocol):
 
 class Link:
     def __init__(self, settings: LinkSettings, bus: str,
-                 on_idle_data: Callable[[bytes, bool], None] | None = None) -> None:
+                 on_idle_data: Callable[[bytes, bool], None] | None = None, hint: str = "config") -> None:
         self.settings = settings
         self.bus = bus
+        self.hint = hint  # how a refused setting's fix is worded: "config" key or "cli" flag
         self.on_idle_data = on_idle_data
         self.lock = asyncio.Lock()
         self._transport: asyncio.Transport | None = None
@@ -115,9 +119,21 @@ class Link:
                     parity=PARITIES[s.parity], stopbits=STOPBITS[s.stopbits],
                     rtscts=s.rtscts, xonxoff=s.xonxoff,
                 )
-        except (OSError, serial.SerialException, TimeoutError, ValueError) as exc:
+        except TimeoutError as exc:
             metrics.RECONNECTS.labels(self.bus, "failed").inc()
-            raise LinkError("port", f"cannot open {s.port}: {exc}") from exc
+            raise LinkError("port", f"cannot open {s.port}: no connection within {s.connect_timeout:g}s") from exc
+        except Exception as exc:
+            if not (s.is_tcp and isinstance(exc, OSError)) and not serialport.is_open_error(exc):
+                raise
+            metrics.RECONNECTS.labels(self.bus, "failed").inc()
+            if s.is_tcp:
+                raise LinkError("port", f"cannot open {s.port}: {exc}") from exc
+            problem = await asyncio.to_thread(
+                serialport.explain, exc,
+                serialport.LineSettings(s.port, s.baud, s.bytesize, s.parity, s.stopbits),
+                hint_style=self.hint,  # the caller names the bus
+            )
+            raise LinkError("port", problem.message, problem=problem) from exc
         metrics.RECONNECTS.labels(self.bus, "ok").inc()
         # uvloop's transports do not register with the asyncio ABCs: no isinstance checks
         self._transport = transport

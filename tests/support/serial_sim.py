@@ -28,7 +28,7 @@ from tests.support.sim_child import ReadyLineChild
 class SimProcess(ReadyLineChild):
     def __init__(self, protocol: str = "dlt645", *, config: Path | None = None,
                  devices: list[str] | None = None, pty: bool = True, tcp: bool = False,
-                 control: bool = True, log: Path | None = None) -> None:
+                 control: bool = True, log: Path | None = None, line: str | None = None) -> None:
         argv = [sys.executable, "-m", "hwsim.cli", protocol]
         if config is not None:
             argv += ["--config", str(config)]
@@ -40,6 +40,8 @@ class SimProcess(ReadyLineChild):
             argv += ["--tcp", "127.0.0.1:0"]
         if control:
             argv += ["--control", "127.0.0.1:0"]
+        if line:
+            argv += ["--line", line]
         super().__init__(argv, log=log or Path(os.devnull))
 
     # ------------------------------------------------------------------ endpoints

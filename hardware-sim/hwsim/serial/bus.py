@@ -54,13 +54,37 @@ class _Endpoint:
         self.bus._process(self)
 
 
+def parse_line(text: str) -> tuple[int, int, str, float]:
+    """``"9600 8N1"`` -> (9600, 8, "N", 1.0)."""
+    try:
+        baud, frame = text.split()
+        bits, parity, stop = int(frame[0]), frame[1].upper(), float(frame[2:])
+    except (ValueError, IndexError):
+        raise ValueError(f"line must look like '9600 8N1', found {text!r}") from None
+    if parity not in "NEOMS" or bits not in (5, 6, 7, 8) or stop not in (1, 1.5, 2):
+        raise ValueError(f"line must look like '9600 8N1', found {text!r}")
+    return int(baud), bits, parity, stop
+
+
+def preset_line(path: str, baud: int, bits: int, parity: str, stop: float) -> None:
+    """Leave the port configured as if a program had last opened it with these settings
+    (what a reopened pseudo-terminal or a USB adapter looks like). A pseudo-terminal cannot
+    do parity: Linux then refuses, with EINVAL, a request whose only change is parity E/O
+    (POSIX: tcsetattr fails when none of the requested changes could be made)."""
+    import serial
+
+    serial.Serial(path, baudrate=baud, bytesize=bits, parity=parity, stopbits=stop, timeout=0).close()
+
+
 class SimBus:
     """Devices on one line. ``await start()`` opens the pty (``path``) and/or TCP port."""
 
     def __init__(self, devices: list[SimDevice] | None = None, *, pty: bool = True,
-                 tcp: str | None = None, link: str | None = None, control: str | None = None) -> None:
+                 tcp: str | None = None, link: str | None = None, control: str | None = None,
+                 line: str | None = None) -> None:
         self.devices: list[SimDevice] = list(devices or [])
         self.want_pty = pty
+        self.line = parse_line(line) if line else None
         self.tcp_spec = tcp
         self.link = link
         self.control_spec = control
@@ -90,6 +114,8 @@ class SimBus:
             os.set_blocking(master, False)
             self._master, self._slave = master, slave
             self.path = os.ttyname(slave)
+            if self.line is not None:
+                preset_line(self.path, *self.line)
             self._pty_ep = _Endpoint(self, lambda d: os.write(master, d), "pty")
             loop.add_reader(master, self._pty_readable)
             if self.link:
@@ -367,6 +393,9 @@ def load_sim(source: str | Path | dict[str, Any], **overrides: Any) -> SimBus:
         link = "/tmp/rs485-1" # optional symlink to it
         tcp = "127.0.0.1:0"   # optional TCP listener (serial-server mode)
         control = "127.0.0.1:0"  # optional HTTP control endpoint
+        line = "2400 8N1"     # optional: the pty starts as a port last opened with these
+                              # settings; it then refuses parity E/O at that baud (EINVAL),
+                              # as reopened ptys and some USB adapters do
 
         [[devices]]
         protocol = "dlt645"   # dlt645 | cjt188 | framed
@@ -382,4 +411,4 @@ def load_sim(source: str | Path | dict[str, Any], **overrides: Any) -> SimBus:
     busopts.update(overrides)
     devices = [make_device(d) for d in data.get("devices", [])]
     return SimBus(devices, pty=bool(busopts.get("pty", True)), tcp=busopts.get("tcp"),
-                  link=busopts.get("link"), control=busopts.get("control"))
+                  link=busopts.get("link"), control=busopts.get("control"), line=busopts.get("line"))

@@ -58,6 +58,9 @@ def register(subparsers: Any) -> None:
                             "(fe, delay, slow_first_byte, echo, silent, bad_checksum, wrong_length, junk)")
         p.add_argument("--link", help="create this symlink to the pseudo-terminal")
         p.add_argument("--no-pty", action="store_true", help="do not open a pseudo-terminal")
+        p.add_argument("--line", help="preset the pty as last opened with e.g. '2400 8N1': it then "
+                                       "refuses parity E/O at that baud, as reopened ptys and some "
+                                       "USB adapters do")
         p.add_argument("--tcp", help="also listen on HOST:PORT (serial-server mode)")
         p.add_argument("--control", help="HTTP control endpoint HOST:PORT (GET /, POST /devices/ADDR, "
                                           "POST /devices/ADDR/emit)")
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _main(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
-    for key in ("link", "tcp", "control"):
+    for key in ("link", "tcp", "control", "line"):
         if getattr(args, key):
             overrides[key] = getattr(args, key)
     if args.no_pty:
