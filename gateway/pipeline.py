@@ -65,7 +65,11 @@ class DeviceTracker:
     sent: dict[str, Value | None] = field(default_factory=dict)  # last value sent per point
     sent_at: dict[str, float] = field(default_factory=dict)
     latest: dict[str, Latest] = field(default_factory=dict)  # last value sent per point (after privacy)
-    bad_points: set[str] = field(default_factory=set)
+    bad_points: set[str] = field(default_factory=set)  # points whose read or mapping failed
+    # points whose last record sent upward was not good (bad or stale after an outage): the
+    # next good value is sent whatever the change filter says, so the platform never keeps
+    # v=null, q=bad for a value that did not change
+    not_good: set[str] = field(default_factory=set)
     active_rules: dict[int, bool] = field(default_factory=dict)
     _rules_by_source: dict[str, list[tuple[int, EventRule]]] = field(default_factory=dict)
 
@@ -153,9 +157,10 @@ class DeviceTracker:
     def _value(self, pm: PointMap, value: Value, ts: float, tsd: float | None) -> list[Record]:
         out: list[Record] = []
         name = pm.name
-        recovered = name in self.bad_points
+        recovered = name in self.bad_points or name in self.not_good
         if recovered:
             self.bad_points.discard(name)
+            self.not_good.discard(name)
         kind = pm.pdef.kind
         last = self.sent.get(name)
         if kind == "event" and name not in self._rule_points:
@@ -164,6 +169,11 @@ class DeviceTracker:
                 return out
             first = name not in self.sent
             self.sent[name] = value
+            if recovered:
+                # its failure went upward as a bad state record: clear it with a good one
+                out.append(self._rec(pm, "state", value, ts, tsd=tsd))
+                if last == value and not first:
+                    return out
             if isinstance(value, bool):
                 if first and not value:  # initial "no alarm" is a state, not an event
                     return out
@@ -224,12 +234,14 @@ class DeviceTracker:
                     continue
                 if pm.name in self.sent:
                     out.append(self._rec(pm, pm.pdef.kind, None, ts, q="bad", attrs={"reason": reason}))
+                    self.not_good.add(pm.name)
         elif not self.stale_sent and self.missed_polls(ts) >= self.stale_after:
             self.stale_sent = True
             for pm in self.profile.read_points:
                 if pm.pdef.kind == "event" or pm.name not in self.sent:
                     continue
                 out.append(self._rec(pm, pm.pdef.kind, self.sent[pm.name], ts, q="stale"))
+                self.not_good.add(pm.name)
         return out
 
     def missed_polls(self, ts: float) -> int:

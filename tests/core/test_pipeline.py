@@ -159,3 +159,53 @@ async def test_pipeline_stamps_ids_in_capture_order() -> None:
     stamped = ids[:-1]
     assert len(stamped) == len(set(stamped)) >= 4 and stamped == sorted(stamped)
     assert all(uuid.UUID(i).version == 7 for i in stamped)
+
+
+def test_first_good_read_after_an_outage_resends_every_point_not_last_sent_good() -> None:
+    """The platform saw v=null, q=bad for every point when the device went away: the first
+    good read must send them all again, even when no value changed (a state point, a
+    telemetry value inside its deadband)."""
+    t = tracker()
+    t.on_reading(reading(3.0), 100.0)
+    t.on_failure("timeout", 101.0)
+    back = t.on_reading(reading(3.1), 102.0)  # 3.1 is inside the 0.5 deadband; valve unchanged
+    assert pts(back) == [
+        ("status", "lifecycle", "online", "good"),
+        ("gas_concentration", "telemetry", 3.1, "good"),
+        ("valve_open", "state", True, "good"),
+    ]
+    # and after that the change filter works as before
+    assert pts(t.on_reading(reading(3.2), 103.0)) == []
+
+
+def test_recovery_after_stale_resends_the_stale_points() -> None:
+    t = tracker()
+    t.on_reading(reading(3.0), 100.0)
+    t.on_failure("timeout", 101.0)
+    t.on_failure("timeout", 104.0)  # stale sent (last good value, q=stale)
+    back = t.on_reading(reading(3.0), 105.0)
+    assert [(pt, q) for pt, _, _, q in pts(back)] == [
+        ("status", "good"), ("gas_concentration", "good"), ("valve_open", "good"),
+    ]
+
+
+def test_a_point_error_then_a_good_value_is_sent_even_if_unchanged() -> None:
+    t = tracker()
+    t.on_reading(reading(3.0), 100.0)
+    t.on_reading(Reading(values={"gas_concentration": 3.0}, errors={"valve_open": "exception_02"}), 101.0)
+    back = t.on_reading(reading(3.0), 102.0)
+    assert pts(back) == [("valve_open", "state", True, "good")]
+
+
+def test_an_event_point_that_failed_is_cleared_by_a_good_state_record() -> None:
+    t = tracker()
+    t.on_reading(reading(3.0), 100.0)  # fault=False at first: no record (not an event)
+    out = t.on_reading(Reading(values={"gas_concentration": 3.0, "valve_open": True}, errors={"fault": "timeout"}), 101.0)
+    assert pts(out) == [("fault", "state", None, "bad")]
+    back = t.on_reading(reading(3.0), 102.0)
+    assert pts(back) == [("fault", "state", False, "good")]
+    assert t.on_reading(reading(3.0), 103.0) == []
+    # failed, then back with the alarm raised: the good state and the event
+    t.on_reading(Reading(values={"gas_concentration": 3.0, "valve_open": True}, errors={"fault": "timeout"}), 104.0)
+    back = t.on_reading(reading(3.0, fault=True), 105.0)
+    assert pts(back) == [("fault", "state", True, "good"), ("fault", "event", True, "good")]

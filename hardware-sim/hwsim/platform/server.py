@@ -10,6 +10,8 @@ HTTP:
                                     {"gw","raw": "<payload text>"}: published on {prefix}/{gw}/cmd
   GET  /api/command-results[?gw=&id=]
   GET  /api/status                  last retained status message per gateway
+  GET  /api/latest?gw=[&dev=]       what the platform shows: newest non-event record per device and point
+  GET  /api/history?gw=[&dev=&after=SEQ]  every record after a seq, in seq order
 """
 
 from __future__ import annotations
@@ -215,6 +217,8 @@ class PlatformSim:
         app.router.add_post("/api/commands", self._commands)
         app.router.add_get("/api/command-results", self._results)
         app.router.add_get("/api/status", self._status)
+        app.router.add_get("/api/latest", self._latest)
+        app.router.add_get("/api/history", self._history)
         return app
 
     def _count(self, status: int) -> None:
@@ -288,6 +292,23 @@ class PlatformSim:
 
     async def _status(self, _: web.Request) -> web.Response:
         return web.json_response(self.store.statuses())
+
+    async def _latest(self, request: web.Request) -> web.Response:
+        gw = request.query.get("gw")
+        if not gw:
+            return web.json_response({"error": "give ?gw=GATEWAY (and optionally &dev=DEVICE)"}, status=400)
+        return web.json_response(self.store.latest(gw, request.query.get("dev")))
+
+    async def _history(self, request: web.Request) -> web.Response:
+        gw = request.query.get("gw")
+        try:
+            after = int(request.query.get("after", "0"))
+        except ValueError:
+            after = -1
+        if not gw or after < 0:
+            return web.json_response({"error": "give ?gw=GATEWAY (and optionally &dev=DEVICE&after=SEQ)"},
+                                     status=400)
+        return web.json_response(self.store.history(gw, request.query.get("dev"), after))
 
 
 def server_ssl_context(cert: str, key: str, client_ca: str | None) -> ssl.SSLContext:

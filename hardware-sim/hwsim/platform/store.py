@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS rx (
     n INTEGER PRIMARY KEY,            -- arrival order
     gw TEXT NOT NULL, rid TEXT NOT NULL, seq INTEGER, lane TEXT, kind TEXT,
     dev TEXT, cls TEXT, pt TEXT, v TEXT, attrs TEXT,
-    ts REAL, recv REAL NOT NULL, hist INTEGER NOT NULL, batch_id TEXT, via TEXT
+    ts REAL, recv REAL NOT NULL, hist INTEGER NOT NULL, batch_id TEXT, via TEXT,
+    q TEXT
 );
 CREATE INDEX IF NOT EXISTS rx_gw_rid ON rx (gw, rid);
 CREATE TABLE IF NOT EXISTS batches (
@@ -120,6 +121,9 @@ class PlatformStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(rx)")}
+        if "q" not in columns:  # a store written before records' quality was kept
+            self._db.execute("ALTER TABLE rx ADD COLUMN q TEXT")
 
     def close(self) -> None:
         self._db.close()
@@ -140,13 +144,13 @@ class PlatformStore:
                 doc["gw"], r["id"], r["seq"], LANE_OF_KIND[kind], kind, r.get("dev"), r.get("cls"),
                 r.get("pt"), json.dumps(r.get("v")),
                 json.dumps(r["attrs"]) if r.get("attrs") is not None else None,
-                float(r["ts"]), recv, 1 if doc["hist"] else 0, doc["batch_id"], via,
+                float(r["ts"]), recv, 1 if doc["hist"] else 0, doc["batch_id"], via, r.get("q"),
             ))
         with self._lock:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT INTO rx (gw,rid,seq,lane,kind,dev,cls,pt,v,attrs,ts,recv,hist,batch_id,via)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO rx (gw,rid,seq,lane,kind,dev,cls,pt,v,attrs,ts,recv,hist,batch_id,via,q)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
             self._db.execute(
@@ -203,6 +207,29 @@ class PlatformStore:
     def record_ids(self, gw: str) -> list[tuple[str, int]]:
         with self._lock:
             return self._db.execute("SELECT rid, seq FROM rx WHERE gw=? ORDER BY n", (gw,)).fetchall()
+
+    def latest(self, gw: str, dev: str | None = None) -> dict[str, dict[str, Any]]:
+        """What the platform shows now: per device and point, the record with the highest
+        seq received (``{dev: {pt: {v, q, kind, seq, ts}}}``)."""
+        sql = ("SELECT dev, pt, v, q, kind, seq, ts FROM rx WHERE gw=? AND kind != 'event'"
+               + (" AND dev=?" if dev is not None else "") + " ORDER BY seq")
+        with self._lock:
+            rows = self._db.execute(sql, (gw, dev) if dev is not None else (gw,)).fetchall()
+        out: dict[str, dict[str, Any]] = defaultdict(dict)
+        for d, pt, v, q, kind, seq, ts in rows:
+            out[d][pt] = {"v": json.loads(v) if v is not None else None, "q": q, "kind": kind, "seq": seq, "ts": ts}
+        return dict(out)
+
+    def history(self, gw: str, dev: str | None = None, after: int = 0) -> list[dict[str, Any]]:
+        """Every record of a gateway (optionally one device) with a seq above ``after``, in
+        seq order: ``[{dev, pt, v, q, kind, seq, ts}]``."""
+        sql = ("SELECT dev, pt, v, q, kind, seq, ts FROM rx WHERE gw=? AND seq > ?"
+               + (" AND dev=?" if dev is not None else "") + " ORDER BY seq")
+        args: tuple[Any, ...] = (gw, after, dev) if dev is not None else (gw, after)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [{"dev": d, "pt": pt, "v": json.loads(v) if v is not None else None, "q": q, "kind": kind,
+                 "seq": seq, "ts": ts} for d, pt, v, q, kind, seq, ts in rows]
 
     def summary(self, gw: str | None = None) -> dict[str, Any]:
         with self._lock:
