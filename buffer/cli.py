@@ -37,10 +37,11 @@ def register(subparsers: Any) -> None:
 
     s = sub.add_parser("stats", help="records and bytes by lane, per-uplink backlog")
     common(s)
-    s = sub.add_parser("peek", help="show the oldest records of a lane")
+    s = sub.add_parser("peek", help="show stored records, newest first, of every lane or one")
     common(s)
-    s.add_argument("--lane", choices=LANES, default="event")
-    s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--lane", choices=LANES, default=None, help="only this lane (default: all lanes)")
+    s.add_argument("--limit", type=int, default=20, help="at most this many records (default 20)")
+    s.add_argument("--oldest", action="store_true", help="oldest first (what the uplinks send next)")
     s = sub.add_parser("export", help="stored records after a seq, as JSON lines")
     common(s)
     s.add_argument("--after-seq", type=int, default=0)
@@ -85,11 +86,11 @@ def _run(args: argparse.Namespace, path: str, out: TextIO) -> int:
             else:
                 _print_stats(st, out)
         elif cmd == "peek":
-            recs = ins.peek(conn, args.lane, args.limit)
+            recs = ins.peek(conn, args.lane, args.limit, newest_first=not args.oldest)
             if as_json:
                 out.write(json.dumps([r.to_dict() for r in recs], ensure_ascii=False) + "\n")
             else:
-                _print_records(recs, args.lane, out)
+                _print_records(recs, args.lane, args.oldest, out)
         elif cmd == "export":
             for rec in ins.export(conn, args.after_seq):
                 out.write(rec.to_json() + "\n")
@@ -136,14 +137,16 @@ def _print_stats(st: dict[str, Any], out: TextIO) -> None:
         con.print(t)
 
 
-def _print_records(recs: list[Any], lane: str, out: TextIO) -> None:
+def _print_records(recs: list[Any], lane: str | None, oldest: bool, out: TextIO) -> None:
     from rich.table import Table
 
-    t = Table(title=f"oldest {len(recs)} record(s) of lane {lane}")
-    for c in ("seq", "ts", "dev", "cls", "pt", "kind", "v", "u", "q"):
+    which = "oldest" if oldest else "newest"
+    t = Table(title=f"{which} {len(recs)} record(s) of " + (f"lane {lane}" if lane else "all lanes"))
+    for c in ("seq", "lane", "ts", "dev", "cls", "pt", "kind", "v", "u", "q"):
         t.add_column(c)
     for r in recs:
-        t.add_row(str(r.seq), f"{r.ts:.3f}", r.dev, r.cls, r.pt, r.kind, repr(r.v), r.u or "", r.q)
+        t.add_row(str(r.seq), r.lane, f"{r.ts:.3f}", r.dev, r.cls, r.pt, r.kind,
+                  repr(r.v), r.u or "", r.q)
     _console(out).print(t)
 
 

@@ -103,14 +103,19 @@ def stats(conn: sqlite3.Connection, path: str) -> dict[str, Any]:
     }
 
 
-def peek(conn: sqlite3.Connection, lane: str, limit: int) -> list[Record]:
-    if lane not in LANES:
+def peek(conn: sqlite3.Connection, lane: str | None, limit: int, newest_first: bool = True) -> list[Record]:
+    """Up to ``limit`` stored records of one lane, or of every lane when ``lane`` is None,
+    newest first (highest seq) unless ``newest_first`` is False."""
+    if lane is not None and lane not in LANES:
         raise InspectError(f"unknown lane {lane!r} (lanes: {', '.join(LANES)})")
     series = _series(conn)
-    rows = conn.execute(
-        f"SELECT {_COLS} FROM {LANE_TABLES[lane]} ORDER BY seq LIMIT ?", (max(0, limit),)
-    ).fetchall()
-    return [decode_row(r, series[r[2]]) for r in rows]
+    order = "DESC" if newest_first else "ASC"
+    n = max(0, limit)
+    rows: list[Any] = []
+    for ln in (lane,) if lane is not None else LANES:
+        rows += conn.execute(f"SELECT {_COLS} FROM {LANE_TABLES[ln]} ORDER BY seq {order} LIMIT ?", (n,)).fetchall()
+    rows.sort(key=lambda r: r[0], reverse=newest_first)
+    return [decode_row(r, series[r[2]]) for r in rows[:n]]
 
 
 def export(conn: sqlite3.Connection, after_seq: int, chunk: int = 5000) -> Iterator[Record]:

@@ -47,12 +47,32 @@ def test_stats_json_and_table(dbfile: str, capsys: pytest.CaptureFixture[str]) -
 
 def test_peek_and_export(dbfile: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run(["buffer", "peek", "--db", dbfile, "--lane", "telemetry", "--limit", "1", "--json"], capsys)
+    assert code == 0 and [r["v"] for r in json.loads(out)] == [2.0]
+    code, out = run(["buffer", "peek", "--db", dbfile, "--lane", "telemetry", "--oldest", "--limit", "1", "--json"],
+                    capsys)
     assert code == 0 and [r["v"] for r in json.loads(out)] == [1.0]
     code, out = run(["buffer", "peek", "--db", dbfile, "--lane", "event"], capsys)
     assert code == 0 and "alarm" in out
     code, out = run(["buffer", "export", "--db", dbfile, "--after-seq", "1"], capsys)
     lines = [json.loads(x) for x in out.splitlines()]
     assert [r["seq"] for r in lines] == [2, 3, 4] and lines[0]["kind"] == "state"
+
+
+def test_peek_defaults_to_every_lane_newest_first(dbfile: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # stored: 1 event, 2 state, 3 and 4 telemetry
+    code, out = run(["buffer", "peek", "--db", dbfile, "--json"], capsys)
+    assert code == 0 and [(r["seq"], r["kind"]) for r in json.loads(out)] == [
+        (4, "telemetry"), (3, "telemetry"), (2, "state"), (1, "event")]
+    code, out = run(["buffer", "peek", "--db", dbfile, "--limit", "2", "--json"], capsys)
+    assert [r["seq"] for r in json.loads(out)] == [4, 3]
+    code, out = run(["buffer", "peek", "--db", dbfile, "--oldest", "--limit", "3", "--json"], capsys)
+    assert [r["seq"] for r in json.loads(out)] == [1, 2, 3]
+    code, out = run(["buffer", "peek", "--db", dbfile, "--lane", "state", "--json"], capsys)
+    assert [r["seq"] for r in json.loads(out)] == [2]
+    code, out = run(["buffer", "peek", "--db", dbfile], capsys)
+    assert code == 0 and "newest 4 record(s) of all lanes" in out
+    for lane in ("event", "state", "telemetry"):
+        assert lane in out
 
 
 def test_export_many_in_chunks(tmp_path: Path) -> None:
