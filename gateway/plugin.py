@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import argparse
+import struct
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -32,6 +33,23 @@ API_VERSION: tuple[int, int] = (1, 0)
 """(major, minor). A driver declaring another major, or a newer minor, is refused."""
 
 RawValue = float | int | bool | str | bytes | None
+
+
+def float32_value(x: float) -> float:
+    """A value decoded from an IEEE 754 single, without its binary noise: the shortest
+    decimal that is the same float32 (0.12, not 0.119999997318). That is at most 7
+    significant digits for any decimal a device stored with 7 or fewer, and never loses
+    information (12345678, a float32 exactly, stays 12345678; at most 9 digits are needed).
+    Drivers call this for every float32 they decode."""
+    want = _F32.pack(x)
+    for digits in (6, 7, 8):
+        shorter = float(f"{x:.{digits}g}")
+        if _F32.pack(shorter) == want:
+            return shorter
+    return float(f"{x:.9g}")
+
+
+_F32 = struct.Struct(">f")
 
 
 class StrictModel(BaseModel):

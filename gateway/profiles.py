@@ -20,6 +20,7 @@ A profile is a TOML file::
     enum = { "0" = "idle", "1" = "up" }   # raw -> canonical (keys are the raw value as text)
     invert = false             # booleans: true when the device reports active-low
     deadband = 0.5             # telemetry: skip values within this distance of the last sent
+    precision = 2              # numbers: round to this many decimal places (after scaling)
 
     [[events]]                 # derive an event point from a condition on another point
     point = "alarm"            # an event point of the class
@@ -106,6 +107,7 @@ class PointMapModel(_Strict):
     enum: dict[str, str | bool | float | int] | None = None
     invert: bool = False
     deadband: float | None = Field(default=None, ge=0)
+    precision: int | None = Field(default=None, ge=0, le=12)  # decimal places of the canonical value
     writable: bool | None = None  # a profile may forbid writes the class allows
     min: float | None = None  # narrower write range than the class's
     max: float | None = None
@@ -153,6 +155,7 @@ class PointMap:
     enum: Mapping[str, Value] | None = None
     invert: bool = False
     deadband: float | None = None
+    precision: int | None = None
     writable: bool = False
     wmin: float | None = None
     wmax: float | None = None
@@ -253,6 +256,8 @@ def to_canonical(pm: PointMap, raw: Any) -> Value:
         return str(raw)
     x = _num(raw) * pm.scale + pm.offset
     x = x * pm.unit_factor + pm.unit_offset
+    if pm.precision is not None and math.isfinite(x):
+        x = round(x, pm.precision)
     return _tidy(x)
 
 
@@ -451,6 +456,7 @@ def parse_profile(
             enum=pm.enum,
             invert=pm.invert,
             deadband=pm.deadband,
+            precision=pm.precision,
             writable=writable,
             wmin=pm.min,
             wmax=pm.max,

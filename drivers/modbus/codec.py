@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from gateway.plugin import float32_value
+
 TABLES = ("coil", "discrete", "input", "holding")
 BIT_TABLES = frozenset({"coil", "discrete"})
 ORDERS = ("ABCD", "DCBA", "BADC", "CDAB")
@@ -245,7 +247,7 @@ def decode_registers(spec: ValueSpec, words: Sequence[int]) -> int | float | boo
         value_f = float(struct.unpack(FLOAT_FORMATS[t], data)[0])
         if not math.isfinite(value_f):
             raise CodecError("not_finite", f"{t} is {value_f}")
-        return value_f
+        return float32_value(value_f) if t == "float32" else value_f
     if t in ("bcd16", "bcd32"):
         value_i = decode_bcd(data)
     elif t == "bool":

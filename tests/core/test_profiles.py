@@ -46,6 +46,19 @@ def test_no_binary_noise() -> None:
     assert to_canonical(pm("electricity_meter", "voltage", scale=0.1), 3) == 0.3
 
 
+def test_precision_rounds_to_decimal_places() -> None:
+    assert to_canonical(pm("electricity_meter", "voltage", scale=0.001, precision=1), 220_468) == 220.5
+    assert to_canonical(pm("electricity_meter", "voltage", precision=2), 0.119999997318) == 0.12
+    assert to_canonical(pm("electricity_meter", "voltage", precision=0), 229.6) == 230
+
+
+def test_precision_in_a_profile_file() -> None:
+    prof, issues = parse_profile("t.toml", GOOD.replace("unit = \"%LEL\"", "unit = \"%LEL\"\nprecision = 1"), DRIVERS)
+    assert not issues and prof is not None and prof.points["gas_concentration"].precision == 1
+    prof, issues = parse_profile("t.toml", GOOD.replace("unit = \"%LEL\"", "unit = \"%LEL\"\nprecision = -1"), DRIVERS)
+    assert prof is None and any(i.path == "points.gas_concentration.precision" for i in issues), issues
+
+
 def test_bool_and_invert_and_enum() -> None:
     assert to_canonical(pm("smoke_detector", "alarm"), 1) is True
     assert to_canonical(pm("smoke_detector", "alarm", invert=True), 1) is False

@@ -12,12 +12,14 @@ typed field at an offset. All offsets count from the first start byte (offset 0)
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from drivers.serial.bcd import bcd_digits
 from drivers.serial.errors import FrameError, ValueFormatError
+from gateway.plugin import float32_value
 
 CHECKSUMS = ("none", "sum8", "xor8", "crc16_modbus", "crc16_ccitt")
 FIELD_TYPES = (
@@ -324,6 +326,8 @@ def extract(raw: bytes, offset: int, ftype: str, *, length: int | None = None,
         raise ValueFormatError("short", f"field at {offset} ({size} bytes) is past the frame end ({len(raw)})")
     if ftype in _STRUCT:
         value: int | float | str = struct.unpack(_STRUCT[ftype], chunk)[0]
+        if ftype in ("f32be", "f32le") and math.isfinite(value):
+            value = float32_value(float(value))
     elif ftype == "bcd":
         value = int(bcd_digits(chunk[::-1]))
     elif ftype == "bcd_le":

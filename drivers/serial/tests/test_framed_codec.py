@@ -72,7 +72,9 @@ def test_spec_contradictions_rejected() -> None:
     ("raw", "args", "value"),
     [(H("00010203"), (1, "u16be"), 0x0102), (H("00010203"), (1, "u16le"), 0x0201),
      (H("FFFE"), (0, "i16be"), -2), (H("00123456"), (1, "bcd", 3), 123456), (H("563412"), (0, "bcd_le", 3), 123456),
-     (H("41424300"), (0, "ascii", 4), "ABC"), (H("3F800000"), (0, "f32be"), 1.0), (H("DEAD"), (0, "hex", 2), "DEAD")],
+     (H("41424300"), (0, "ascii", 4), "ABC"), (H("3F800000"), (0, "f32be"), 1.0), (H("DEAD"), (0, "hex", 2), "DEAD"),
+     # float32 without binary noise: 0.12, not 0.119999997318
+     (H("3DF5C28F"), (0, "f32be"), 0.12), (H("8FC2F53D"), (0, "f32le"), 0.12)],
 )
 def test_extract(raw: bytes, args: tuple[object, ...], value: object) -> None:
     offset, ftype, *length = args
