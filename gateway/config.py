@@ -10,14 +10,21 @@ import os
 import stat
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from gateway.classes import ClassDef, catalogue, device_classes
-from gateway.errors import ConfigError, ConfigIssue, issues_from_validation, locate
+from gateway.errors import (
+    ConfigError,
+    ConfigIssue,
+    issues_from_validation,
+    join_path,
+    locate,
+    toml_issue,
+)
 from gateway.plugin import BusSpec, DeviceSpec, Driver, PointSpec
 from gateway.profiles import Profile, driver_profile_files, load_profiles, site_profile_files
 from gateway.registry import DriverRegistry, load_drivers
@@ -149,7 +156,7 @@ def load_config(
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([ConfigIssue(fname, "", f"not valid TOML: {exc}")]) from None
+        raise ConfigError([toml_issue(fname, exc)]) from None
     return validate_config(data, file=file, text=text, registry=registry, environ=environ)
 
 
@@ -161,122 +168,215 @@ def validate_config(
     registry: DriverRegistry | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Config:
+    reg = registry if registry is not None else load_drivers()
+    if environ is None:
+        return _validate_config(data, file=file, text=text, registry=reg)
+    saved = dict(os.environ)  # secrets resolve against os.environ; tests may pass their own
+    os.environ.clear()
+    os.environ.update(environ)
+    try:
+        return _validate_config(data, file=file, text=text, registry=reg)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@dataclass
+class _Entry:
+    """One ``[[buses]]``/``[[devices]]``/``[[uplinks]]`` entry: the validated model (None when
+    it has errors) and the raw values, with the keys found wrong in ``bad``, so that the
+    cross-checks still run on the keys that are right."""
+
+    model: Any
+    raw: dict[str, Any]
+    bad: set[Any]
+
+    def get(self, key: str) -> Any:
+        """The raw value of a key that passed validation (a string for name-like keys)."""
+        if key in self.bad:
+            return None
+        return self.raw.get(key)
+
+    def text(self, key: str) -> str | None:
+        value = self.get(key)
+        return value if isinstance(value, str) else None
+
+
+def _validate_config(data: dict[str, Any], *, file: Path, text: str, registry: DriverRegistry) -> Config:
     fname = str(file)
     issues: list[ConfigIssue] = []
+    follow: dict[int, list[ConfigIssue]] = {}  # id(cause) -> consequences
     warnings: list[str] = []
-    if environ is not None:  # secrets resolve against os.environ; tests may pass their own
-        saved = dict(os.environ)
-        os.environ.clear()
-        os.environ.update(environ)
-    try:
-        model = _validate_sections(data, fname, text, issues)
-    finally:
-        if environ is not None:
-            os.environ.clear()
-            os.environ.update(saved)
-    if model is None:
-        raise ConfigError(issues)
 
-    reg = registry if registry is not None else load_drivers()
+    def issue(path: tuple[Any, ...], message: str) -> ConfigIssue:
+        i = ConfigIssue(fname, join_path(path), message, locate(text, path))
+        issues.append(i)
+        return i
+
+    def consequence(cause: ConfigIssue, path: tuple[Any, ...], message: str) -> None:
+        follow.setdefault(id(cause), []).append(ConfigIssue(fname, join_path(path), message, locate(text, path)))
+
+    sections = _validate_sections(data, fname, text, issues)
+    reg = registry
     by_proto = reg.by_protocol()
-
-    def issue(path: tuple[Any, ...], message: str) -> None:
-        from gateway.errors import join_path
-
-        issues.append(ConfigIssue(fname, join_path(path), message, locate(text, path)))
 
     # profiles: bundled (driver packages) then site directories
     sources = driver_profile_files(reg.modules())
-    dirs = [Path(d) if Path(d).is_absolute() else file.parent / d for d in model.gateway.profile_dirs]
+    gw = sections.get("gateway")
+    if isinstance(gw, GatewaySection):
+        dir_names: list[Any] = list(gw.profile_dirs)
+    else:  # the section has errors: use the folders that are given right
+        raw_dirs = gw.get("profile_dirs") if isinstance(gw, dict) else None
+        dir_names = [d for d in raw_dirs if isinstance(d, str)] if isinstance(raw_dirs, list) else []
+    dirs: list[Path] = []
+    missing_dirs: list[ConfigIssue] = []
+    for n, d in enumerate(dir_names):
+        path = Path(d) if Path(d).is_absolute() else file.parent / d
+        if not path.is_dir():
+            missing_dirs.append(
+                issue(("gateway", "profile_dirs", n), f"profiles directory {path} does not exist")
+            )
+            continue
+        dirs.append(path)
     site, site_issues = site_profile_files(dirs)
     issues.extend(site_issues)
     pset = load_profiles([*sources, *site], by_proto)
     issues.extend(pset.issues)
 
     # buses
+    bus_entries: list[_Entry] = sections["buses"]
     buses: dict[str, BusSpec] = {}
-    for i, bus in enumerate(model.buses):
-        if bus is None:
-            continue
-        if bus.name in buses:
-            issue(("buses", i, "name"), f"duplicate bus name {bus.name!r}")
-            continue
-        bus_drv = reg.drivers.get(bus.driver)
-        if bus_drv is None:
+    broken_buses: dict[str, tuple[ConfigIssue, str | None]] = {}  # name -> (cause, driver)
+    for i, entry in enumerate(bus_entries):
+        before = len(issues)
+        name, driver_name = entry.text("name"), entry.text("driver")
+        bus_drv = reg.drivers.get(driver_name) if driver_name is not None else None
+        if driver_name is not None and bus_drv is None:
             issue(
                 ("buses", i, "driver"),
-                f"expected an installed driver ({', '.join(sorted(reg.drivers))}), found {bus.driver!r}",
+                f"expected an installed driver ({', '.join(sorted(reg.drivers))}), found {driver_name!r}",
             )
+        opts: Any = None
+        if bus_drv is not None:
+            extra = {k: v for k, v in entry.raw.items() if k not in BusSection.model_fields}
+            try:
+                opts = bus_drv.BusOptions.model_validate(extra)
+            except ValidationError as exc:
+                issues.extend(issues_from_validation(exc, fname, text, ("buses", i)))
+        if name is None:
             continue
-        extra = dict(bus.model_extra or {})
-        try:
-            opts = bus_drv.BusOptions.model_validate(extra)
-        except ValidationError as exc:
-            issues.extend(issues_from_validation(exc, fname, text, ("buses", i)))
+        if name in buses or name in broken_buses:
+            issue(("buses", i, "name"), f"duplicate bus name {name!r}")
             continue
-        buses[bus.name] = BusSpec(bus.name, bus.driver, opts)
+        cause = _first_issue_of(issues, f"buses[{i}]")
+        if cause is not None:  # devices on it are checked against its driver, if that is known
+            broken_buses[name] = (cause, bus_drv.name if bus_drv is not None else None)
+        elif bus_drv is not None and len(issues) == before:
+            buses[name] = BusSpec(name, bus_drv.name, opts)
 
     # devices
     classes = device_classes()
     devices: dict[str, DeviceConfig] = {}
     seen_ids: set[str] = set()
-    for i, dev in enumerate(model.devices):
-        if dev is None:
-            continue
-        if dev.id in seen_ids:
-            issue(("devices", i, "id"), f"duplicate device id {dev.id!r}")
-            continue
-        seen_ids.add(dev.id)
-        ok = True
-        cdef = classes.get(dev.class_)
-        if cdef is None:
+    for i, entry in enumerate(sections["devices"]):
+        before = len(issues)
+        caused = False
+        dev_id = entry.text("id")
+        if dev_id is not None:
+            if dev_id in seen_ids:
+                issue(("devices", i, "id"), f"duplicate device id {dev_id!r}")
+            seen_ids.add(dev_id)
+        cls_name = entry.text("class")
+        cdef = classes.get(cls_name) if cls_name is not None else None
+        if cls_name is not None and cdef is None:
             issue(
                 ("devices", i, "class"),
-                f"expected a catalogue class ({', '.join(sorted(classes))}), found {dev.class_!r}",
+                f"expected a catalogue class ({', '.join(sorted(classes))}), found {cls_name!r}",
             )
-            ok = False
-        prof = pset.profiles.get(dev.profile)
-        if prof is None:
-            issue(("devices", i, "profile"), f"no profile with id {dev.profile!r} (bundled or in profile_dirs)")
-            ok = False
-        elif cdef is not None and prof.cls != dev.class_:
+        # the profile: loaded, broken (a consequence of its file's error), or missing
+        prof_id = entry.text("profile")
+        prof = pset.profiles.get(prof_id) if prof_id is not None else None
+        prof_cls: str | None = prof.cls if prof is not None else None
+        prof_driver: str | None = prof.driver if prof is not None else None
+        if prof_id is not None and prof is None:
+            stub = pset.failed.get(prof_id) or next(
+                (s for s in pset.unnamed if Path(s.file).stem == prof_id), None
+            )
+            caused = True
+            if stub is not None:
+                prof_cls, prof_driver = stub.cls, stub.driver
+                consequence(
+                    stub.cause,
+                    ("devices", i, "profile"),
+                    f"profile {prof_id!r} did not load: {stub.file} has errors",
+                )
+            elif missing_dirs or pset.unnamed:
+                cause = missing_dirs[0] if missing_dirs else pset.unnamed[0].cause
+                where = cause.message if missing_dirs else f"{pset.unnamed[0].file} has errors"
+                consequence(
+                    cause,
+                    ("devices", i, "profile"),
+                    f"no profile with id {prof_id!r} was loaded; it may be in a file that was not read ({where})",
+                )
+            else:
+                caused = False
+                issue(("devices", i, "profile"), f"no profile with id {prof_id!r} (bundled or in profile_dirs)")
+        if cdef is not None and prof_cls is not None and prof_cls != cls_name:
             issue(
                 ("devices", i, "profile"),
-                f"profile {prof.id!r} maps class {prof.cls!r}, the device is {dev.class_!r}",
+                f"profile {prof_id!r} maps class {prof_cls!r}, the device is {cls_name!r}",
             )
-            ok = False
+        # the driver: the bus's, or for a device without a bus its profile's
         drv: Driver | None = None
-        bus_name = dev.bus
-        if dev.bus is not None:
-            bspec = buses.get(dev.bus)
-            if bspec is None:
-                known = ", ".join(sorted(b.name for b in model.buses if b is not None)) or "none configured"
-                issue(("devices", i, "bus"), f"no bus named {dev.bus!r} (buses: {known})")
-                ok = False
-            else:
+        bus_name = entry.text("bus")
+        if "bus" in entry.bad:
+            pass
+        elif bus_name is not None:
+            bspec = buses.get(bus_name)
+            broken = broken_buses.get(bus_name)
+            if bspec is not None:
                 drv = reg.drivers[bspec.driver]
-                if prof is not None and prof.driver not in drv.accepted_protocols():
-                    issue(
-                        ("devices", i, "profile"),
-                        f"profile {prof.id!r} is for {prof.driver!r}; bus {dev.bus!r} runs driver "
-                        f"{bspec.driver!r} ({', '.join(sorted(drv.accepted_protocols()))})",
-                    )
-                    ok = False
-        elif prof is not None:
-            drv = by_proto.get(prof.driver)
+            elif broken is not None:
+                caused = True
+                cause, bus_driver = broken
+                drv = reg.drivers.get(bus_driver) if bus_driver is not None else None
+                consequence(
+                    cause,
+                    ("devices", i, "bus"),
+                    f"bus {bus_name!r} has errors; the device "
+                    + ("is checked against its driver only" if drv is not None else "cannot be checked against it"),
+                )
+            else:
+                named = {bn for e in bus_entries if (bn := e.text("name")) is not None}
+                known = ", ".join(sorted(named)) or "none configured"
+                issue(("devices", i, "bus"), f"no bus named {bus_name!r} (buses: {known})")
+            if drv is not None and prof_driver is not None and prof_driver not in drv.accepted_protocols():
+                issue(
+                    ("devices", i, "profile"),
+                    f"profile {prof_id!r} is for {prof_driver!r}; bus {bus_name!r} runs driver "
+                    f"{drv.name!r} ({', '.join(sorted(drv.accepted_protocols()))})",
+                )
+                drv = None
+        elif prof_driver is not None:
+            drv = by_proto.get(prof_driver)
             if drv is None or not drv.implicit_bus:
-                issue(("devices", i, "bus"), f"required: driver {prof.driver!r} devices sit on a bus")
-                ok = False
-        if not ok or drv is None or prof is None or cdef is None:
+                issue(("devices", i, "bus"), f"required: driver {prof_driver!r} devices sit on a bus")
+                drv = None
+        address: Any = None
+        raw_address = entry.get("address")
+        if drv is not None and "address" not in entry.bad:
+            try:
+                address = drv.DeviceAddress.model_validate(raw_address if raw_address is not None else {})
+            except ValidationError as exc:
+                issues.extend(issues_from_validation(exc, fname, text, ("devices", i, "address")))
+        dev: DeviceSection | None = entry.model
+        if len(issues) > before or caused or dev is None or drv is None or prof is None or cdef is None:
             continue
-        try:
-            address = drv.DeviceAddress.model_validate(dev.address)
-        except ValidationError as exc:
-            issues.extend(issues_from_validation(exc, fname, text, ("devices", i, "address")))
+        if address is None:
             continue
         if dev.bus is None:
             bus_name = f"{dev.id}"
-            if bus_name in buses:
+            if bus_name in buses or bus_name in broken_buses:
                 issue(("devices", i, "id"), f"device id {dev.id!r} clashes with a bus name")
                 continue
             try:
@@ -305,38 +405,51 @@ def validate_config(
     # uplinks
     uplinks: list[Any] = []
     names: set[str] = set()
-    for i, up in enumerate(model.uplinks):
-        if up is None:
+    for i, entry in enumerate(sections["uplinks"]):
+        name, kind = entry.text("name"), entry.text("kind")
+        if name is not None:
+            if name in names:
+                issue(("uplinks", i, "name"), f"duplicate uplink name {name!r}")
+            names.add(name)
+        if kind is None:
             continue
-        if up.name in names:
-            issue(("uplinks", i, "name"), f"duplicate uplink name {up.name!r}")
-            continue
-        names.add(up.name)
         try:
             import sync
 
-            schema = sync.uplink_schema(up.kind)
+            schema = sync.uplink_schema(kind)
         except (ImportError, AttributeError):
             issue(("uplinks", i, "kind"), "the sync package is not installed")
             continue
         except (KeyError, ValueError):
-            issue(("uplinks", i, "kind"), f"expected one of {sync.UPLINK_KINDS}, found {up.kind!r}")
+            issue(("uplinks", i, "kind"), f"expected one of {sync.UPLINK_KINDS}, found {kind!r}")
             continue
+        raw = {k: v for k, v in entry.raw.items() if k not in entry.bad}
+        if name is None:  # reported already; check the uplink's other keys
+            raw["name"] = "unnamed"
         try:
-            uplinks.append(schema.model_validate(up.model_dump(by_alias=True)))
+            validated = schema.model_validate(raw)
         except ValidationError as exc:
             issues.extend(issues_from_validation(exc, fname, text, ("uplinks", i)))
+            continue
+        if entry.model is not None:
+            uplinks.append(validated)
 
     privacy: Any = None
     try:
-        privacy = _privacy_model(model.privacy)
+        privacy = _privacy_model(sections["privacy"])
     except ValidationError as exc:
         issues.extend(issues_from_validation(exc, fname, text, ("privacy",)))
     except ImportError:
         privacy = None
 
     if issues:
-        raise ConfigError(issues)
+        raise ConfigError([replace(i, consequences=tuple(follow.get(id(i), ()))) for i in issues])
+    model = ConfigModel.model_construct(
+        **{k: v for k, v in sections.items() if k not in ("buses", "devices", "uplinks")},
+        buses=[e.model for e in bus_entries],
+        devices=[e.model for e in sections["devices"]],
+        uplinks=[e.model for e in sections["uplinks"]],
+    )
     if _has_secret_literals(data) and _world_readable(file):
         warnings.append(
             f"{fname} holds secrets and is readable by other users; chmod 0600 it or use "
@@ -356,12 +469,17 @@ def validate_config(
     )
 
 
+def _first_issue_of(issues: list[ConfigIssue], prefix: str) -> ConfigIssue | None:
+    return next((x for x in issues if x.path == prefix or x.path.startswith((prefix + ".", prefix + "["))), None)
+
+
 def _validate_sections(
     data: dict[str, Any], fname: str, text: str, issues: list[ConfigIssue]
-) -> ConfigModel | None:
+) -> dict[str, Any]:
     """Validate section by section and list entry by list entry, so that an error in one
-    place does not hide the errors of the others; invalid entries are left out of the
-    returned model (the caller still fails, after the cross-checks ran on the rest)."""
+    place does not hide the errors of the others. Returns the sections: a validated model
+    for a table (its raw dict when it has errors; missing when absent), ``_Entry`` lists
+    for arrays of tables, and the raw privacy table."""
     values: dict[str, Any] = {}
     for key in data:
         if key not in ConfigModel.model_fields:
@@ -388,28 +506,31 @@ def _validate_sections(
             values[key] = model.model_validate(data[key])
         except ValidationError as exc:
             issues.extend(issues_from_validation(exc, fname, text, (key,)))
+            values[key] = data[key] if isinstance(data[key], dict) else {}
     for key, model in list_models.items():
-        entries = data.get(key, [])
-        if not isinstance(entries, list):
+        raw_entries = data.get(key, [])
+        if not isinstance(raw_entries, list):
             issues.append(ConfigIssue(fname, key, f"expected an array of tables [[{key}]]", locate(text, (key,))))
-            continue
-        good: list[BaseModel | None] = []
-        for i, entry in enumerate(entries):
+            raw_entries = []
+        entries: list[_Entry] = []
+        for i, raw in enumerate(raw_entries):
+            if not isinstance(raw, dict):
+                issues.append(ConfigIssue(fname, join_path((key, i)), "expected a table", locate(text, (key, i))))
+                entries.append(_Entry(None, {}, {None}))
+                continue
             try:
-                good.append(model.model_validate(entry))
+                entries.append(_Entry(model.model_validate(raw), raw, set()))
             except ValidationError as exc:
                 issues.extend(issues_from_validation(exc, fname, text, (key, i)))
-                good.append(None)  # keep positions so later messages name the right index
-        values[key] = good
+                bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
+                entries.append(_Entry(None, raw, bad))  # keep positions: messages name the right index
+        values[key] = entries
     privacy = data.get("privacy", {})
     if not isinstance(privacy, dict):
         issues.append(ConfigIssue(fname, "privacy", "expected a table", locate(text, ("privacy",))))
         privacy = {}
     values["privacy"] = privacy
-    if "gateway" not in values:
-        return None
-    model_obj = ConfigModel.model_construct(**values)
-    return model_obj
+    return values
 
 
 _SECRET_KEYS = {"password", "token", "hmac_key", "secret"}

@@ -16,22 +16,47 @@ class ConfigIssue:
     path: str  # key path, e.g. "devices[2].address.unit"
     message: str  # what was expected and what was found
     line: int | None = None
+    # errors that only follow from this one (a device naming a profile whose file is broken):
+    # shown under it, not counted as problems of their own
+    consequences: tuple[ConfigIssue, ...] = ()
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.path or '(top level)'}: {self.message}"
+        return f"{self.where}: {self.path or '(top level)'}: {self.message}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "path": self.path, "message": self.message}
+        return {
+            "file": self.file,
+            "line": self.line,
+            "path": self.path,
+            "message": self.message,
+            "consequences": [c.to_dict() for c in self.consequences],
+        }
 
 
 class ConfigError(Exception):
-    """One or more configuration problems; ``issues`` holds all of them."""
+    """One or more configuration problems; ``issues`` holds every independent one, each
+    with the errors that follow from it in ``consequences``."""
 
     def __init__(self, issues: list[ConfigIssue]) -> None:
         self.issues = issues
-        lines = "\n".join(f"  {i}" for i in issues)
-        super().__init__(f"{len(issues)} configuration error(s):\n{lines}")
+        lines: list[str] = []
+        for i in issues:
+            lines.append(f"  {i}")
+            lines.extend(f"      consequence: {c}" for c in i.consequences)
+        super().__init__(f"{len(issues)} configuration error(s):\n" + "\n".join(lines))
+
+
+_TOML_LINE_RE = re.compile(r"\(at line (\d+), column \d+\)")
+
+
+def toml_issue(file: str, exc: Exception) -> ConfigIssue:
+    """A TOML syntax error, with the line tomllib names."""
+    m = _TOML_LINE_RE.search(str(exc))
+    return ConfigIssue(file, "", f"not valid TOML: {exc}", int(m.group(1)) if m else None)
 
 
 def join_path(parts: tuple[Any, ...] | list[Any]) -> str:

@@ -36,6 +36,7 @@ values and return values.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.classes import ClassDef, PointDef, catalogue
-from gateway.errors import ConfigIssue, issues_from_validation, locate
+from gateway.errors import ConfigIssue, issues_from_validation, locate, toml_issue
 from gateway.record import SEVERITIES, Value
 
 # Source unit -> (class unit, factor, offset): canonical = raw_in_source * factor + offset
@@ -330,11 +331,26 @@ def rule_active(rule: EventRule, value: Value, was_active: bool) -> bool:
 # --------------------------------------------------------------------------- loading
 
 
+@dataclass(frozen=True, slots=True)
+class ProfileStub:
+    """What is known of a profile file that did not load: enough to tell a device that names
+    it why (``cause``, the file's first error) and to check the device's other keys
+    (``cls``, ``driver``) where the file gives them."""
+
+    file: str
+    id: str | None
+    cls: str | None
+    driver: str | None
+    cause: ConfigIssue
+
+
 @dataclass
 class ProfileSet:
     profiles: dict[str, Profile] = field(default_factory=dict)
     issues: list[ConfigIssue] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # id -> file
+    failed: dict[str, ProfileStub] = field(default_factory=dict)  # id -> stub of a broken file
+    unnamed: list[ProfileStub] = field(default_factory=list)  # broken files without a known id
 
 
 def driver_profile_files(driver_modules: Iterable[str]) -> list[tuple[str, str]]:
@@ -369,60 +385,129 @@ def site_profile_files(dirs: Iterable[Path]) -> tuple[list[tuple[str, str]], lis
     return out, issues
 
 
+_HEADER_KEY_RE = re.compile(r"""^\s*(id|class|driver)\s*=\s*["']([^"'\n]*)["']""")
+_TABLE_LINE_RE = re.compile(r"^\s*\[")
+
+
+def _header_from_text(text: str) -> dict[str, str]:
+    """Best effort for a file that is not valid TOML: the ``[profile]`` table's id, class and
+    driver as written, so that devices naming the profile can be told about the broken file."""
+    found: dict[str, str] = {}
+    inside = False
+    for line in text.splitlines():
+        if _TABLE_LINE_RE.match(line):
+            inside = line.split("#", 1)[0].strip() == "[profile]"
+            continue
+        m = _HEADER_KEY_RE.match(line) if inside else None
+        if m:
+            found.setdefault(m.group(1), m.group(2))
+    return found
+
+
 def parse_profile(
     file: str, text: str, drivers: Mapping[str, Any], classes: Mapping[str, ClassDef] | None = None
 ) -> tuple[Profile | None, list[ConfigIssue]]:
     """Parse and validate one profile. ``drivers`` maps a profile ``driver`` value to the
-    driver object whose schemas validate addresses and options."""
+    driver object whose schemas validate addresses and options. Every independent error of
+    the file is returned (a bad header does not hide bad points)."""
+    prof, issues, _ = parse_profile_header(file, text, drivers, classes)
+    return prof, issues
+
+
+def parse_profile_header(
+    file: str, text: str, drivers: Mapping[str, Any], classes: Mapping[str, ClassDef] | None = None
+) -> tuple[Profile | None, list[ConfigIssue], dict[str, str]]:
+    """``parse_profile``, also returning the header values (id, class, driver) that are
+    valid, even when the profile as a whole is not."""
     classes = classes if classes is not None else catalogue()
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        return None, [ConfigIssue(file, "", f"not valid TOML: {exc}")]
-    try:
-        model = ProfileModel.model_validate(data)
-    except ValidationError as exc:
-        return None, issues_from_validation(exc, file, text)
+        return None, [toml_issue(file, exc)], _header_from_text(text)
     issues: list[ConfigIssue] = []
 
     def issue(path: tuple[Any, ...], message: str) -> None:
         issues.append(ConfigIssue(file, ".".join(str(p) for p in path), message, locate(text, path)))
 
-    head = model.profile
-    cdef = classes.get(head.class_)
-    if cdef is None or head.class_ == "gateway":
-        issue(("profile", "class"), f"expected a catalogue class, found {head.class_!r}")
-        return None, issues
-    driver = drivers.get(head.driver)
-    if driver is None:
-        issue(
-            ("profile", "driver"),
-            f"expected an installed driver or protocol ({', '.join(sorted(drivers))}), "
-            f"found {head.driver!r}",
-        )
-        return None, issues
-    try:
-        options = driver.ProfileOptions.model_validate(model.driver)
-    except ValidationError as exc:
-        issues.extend(issues_from_validation(exc, file, text, ("driver",)))
-        options = None
+    def validated(model: type[BaseModel], raw: Any, prefix: tuple[Any, ...]) -> tuple[Any, set[Any]]:
+        """(model instance or None, top-level keys of ``raw`` that are wrong)."""
+        try:
+            return model.model_validate(raw), set()
+        except ValidationError as exc:
+            found = issues_from_validation(exc, file, text, prefix)
+            issues.extend(found)
+            return None, {e["loc"][0] for e in exc.errors() if e["loc"]} or {None}
+
+    for key in data:
+        if key not in ProfileModel.model_fields:
+            issue((key,), "unknown key (not part of this section's schema)")
+
+    raw_head = data.get("profile")
+    head: ProfileHeader | None = None
+    known: dict[str, str] = {}
+    if not isinstance(raw_head, dict):
+        issue(("profile",), "required key is missing" if raw_head is None else "expected a table [profile]")
+    else:
+        head, bad = validated(ProfileHeader, raw_head, ("profile",))
+        known = {
+            k: raw_head[k] for k in ("id", "class", "driver") if k not in bad and isinstance(raw_head.get(k), str)
+        }
+    cls_name, drv_name = known.get("class"), known.get("driver")
+
+    cdef: ClassDef | None = None
+    if cls_name is not None:
+        cdef = classes.get(cls_name)
+        if cdef is None or cls_name == "gateway":
+            issue(("profile", "class"), f"expected a catalogue class, found {cls_name!r}")
+            cdef = None
+    driver: Any = None
+    if drv_name is not None:
+        driver = drivers.get(drv_name)
+        if driver is None:
+            issue(
+                ("profile", "driver"),
+                f"expected an installed driver or protocol ({', '.join(sorted(drivers))}), "
+                f"found {drv_name!r}",
+            )
+    raw_options = data.get("driver", {})
+    options: Any = None
+    if not isinstance(raw_options, dict):
+        issue(("driver",), "expected a table [driver]")
+    elif driver is not None:
+        options, _ = validated(driver.ProfileOptions, raw_options, ("driver",))
+
+    raw_points = data.get("points")
+    if raw_points is None:
+        issue(("points",), "required key is missing")
+        raw_points = {}
+    elif not isinstance(raw_points, dict):
+        issue(("points",), "expected tables [points.NAME]")
+        raw_points = {}
     points: dict[str, PointMap] = {}
-    for pname, pm in model.points.items():
-        pdef = cdef.points.get(pname)
-        if pdef is None or pdef.kind == "lifecycle":
+    for pname, raw_pm in raw_points.items():
+        if not isinstance(raw_pm, dict):
+            issue(("points", pname), "expected a table [points.NAME]")
+            continue
+        pm, bad = validated(PointMapModel, raw_pm, ("points", pname))
+        pdef = cdef.points.get(pname) if cdef is not None else None
+        if cdef is not None and (pdef is None or pdef.kind == "lifecycle"):
             issue(
                 ("points", pname),
-                f"class {head.class_} has no point {pname!r} (points: "
+                f"class {cls_name} has no point {pname!r} (points: "
                 f"{', '.join(p for p, d in cdef.points.items() if d.kind != 'lifecycle')})",
             )
+            pdef = None
+        raw_address = raw_pm.get("address")
+        if raw_address is None:
+            if cdef is None or pdef is not None:
+                issue(("points", pname, "address"), "required key is missing")
             continue
-        if pm.address is None:
-            issue(("points", pname, "address"), "required key is missing")
-            continue
-        try:
-            address = driver.PointAddress.model_validate(pm.address)
-        except ValidationError as exc:
-            issues.extend(issues_from_validation(exc, file, text, ("points", pname, "address")))
+        address: Any = None
+        if driver is not None and "address" not in bad:
+            address, abad = validated(driver.PointAddress, raw_address, ("points", pname, "address"))
+            if abad:
+                continue
+        if pm is None or pdef is None or address is None:
             continue
         factor, uoff = 1.0, 0.0
         if pm.unit is not None and pm.unit != pdef.unit:
@@ -435,16 +520,16 @@ def parse_profile(
                 continue
             factor, uoff = conv
         if pm.enum is not None:
-            bad = [v for v in pm.enum.values() if pdef.check_value(v) is not None]
-            if bad:
-                issue(("points", pname, "enum"), f"values {bad!r} are not valid for this point")
+            wrong = [v for v in pm.enum.values() if pdef.check_value(v) is not None]
+            if wrong:
+                issue(("points", pname, "enum"), f"values {wrong!r} are not valid for this point")
                 continue
         if pm.scale == 0:
             issue(("points", pname, "scale"), "scale cannot be 0")
             continue
         writable = pdef.writable if pm.writable is None else (pm.writable and pdef.writable)
         if pm.writable and not pdef.writable:
-            issue(("points", pname, "writable"), f"{head.class_}.{pname} is read-only in the class")
+            issue(("points", pname, "writable"), f"{cls_name}.{pname} is read-only in the class")
         points[pname] = PointMap(
             name=pname,
             pdef=pdef,
@@ -461,14 +546,22 @@ def parse_profile(
             wmin=pm.min,
             wmax=pm.max,
         )
+
+    raw_events = data.get("events", [])
+    if not isinstance(raw_events, list):
+        issue(("events",), "expected an array of tables [[events]]")
+        raw_events = []
     rules: list[EventRule] = []
-    for i, ev in enumerate(model.events):
+    for i, raw_ev in enumerate(raw_events):
+        ev, _ = validated(EventRuleModel, raw_ev, ("events", i))
+        if ev is None or cdef is None:
+            continue
         pdef = cdef.points.get(ev.point)
         if pdef is None or pdef.kind != "event":
-            issue(("events", i, "point"), f"expected an event point of {head.class_}, found {ev.point!r}")
+            issue(("events", i, "point"), f"expected an event point of {cls_name}, found {ev.point!r}")
             continue
         source = ev.source or ev.point
-        if source not in model.points:
+        if source not in raw_points:
             issue(("events", i, "source"), f"expected a point mapped in this profile, found {source!r}")
             continue
         rules.append(
@@ -486,8 +579,8 @@ def parse_profile(
         )
         if ev.point not in points:  # derived event point: no address of its own
             points[ev.point] = PointMap(name=ev.point, pdef=pdef, address=None)
-    if issues:
-        return None, issues
+    if issues or head is None or cdef is None or driver is None:
+        return None, issues, known
     return (
         Profile(
             id=head.id,
@@ -503,6 +596,7 @@ def parse_profile(
             identify=head.identify,
         ),
         [],
+        known,
     )
 
 
@@ -510,12 +604,20 @@ def load_profiles(
     sources: Iterable[tuple[str, str]], drivers: Mapping[str, Any]
 ) -> ProfileSet:
     """Load profiles in order; a later file with the same id overrides an earlier one
-    (site profiles come after bundled ones)."""
+    (site profiles come after bundled ones). A file that does not load is remembered in
+    ``failed`` (by its id, where the file gives one) or ``unnamed``."""
     result = ProfileSet()
     for file, text in sources:
-        prof, issues = parse_profile(file, text, drivers)
+        prof, issues, known = parse_profile_header(file, text, drivers)
         result.issues.extend(issues)
         if prof is not None:
             result.profiles[prof.id] = prof
             result.sources[prof.id] = file
+            result.failed.pop(prof.id, None)
+        elif issues:
+            stub = ProfileStub(file, known.get("id"), known.get("class"), known.get("driver"), issues[0])
+            if stub.id is None:
+                result.unnamed.append(stub)
+            else:
+                result.failed[stub.id] = stub
     return result
