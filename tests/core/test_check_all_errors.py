@@ -224,3 +224,16 @@ def test_gateway_section_error_does_not_hide_the_rest(tmp_path: Path) -> None:
     assert "does not exist" in dirs.message
     # the site profile may be in the missing folder: a consequence, not a second problem
     assert [c.path for c in dirs.consequences] == ["devices[1].profile"]
+
+
+def test_uplink_entry_errors_do_not_hide_its_other_keys(tmp_path: Path) -> None:
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(
+        '[gateway]\nid = "g"\ndistrict = "510107"\ncommunity = "c"\n\n'
+        '[[uplinks]]\nname = "city platform"\nkind = "mqtt"\nurl = "mqtts://p.example:8883"\n'
+        'topic_prefix = "cd"\nqos = 7\n\n'
+        '[privacy]\nrules = [{ class = "access_control", field = "attrs.card_no", action = "scramble" }]\n'
+    )
+    paths = [i.path for i in issues_of(cfg)]
+    assert "uplinks[0].name" in paths and any(p.startswith("uplinks[0].qos") for p in paths), paths
+    assert any(p.startswith("privacy.rules[0]") for p in paths), paths
