@@ -41,7 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from drivers.onvif import metrics, topics, xmlsafe
-from drivers.onvif.discovery import DiscoveryError, parse_target, probe, xaddr_host_port
+from drivers.onvif.discovery import DiscoveryError, ProbeMatch, parse_target, probe, xaddr_host_port
 from drivers.onvif.snapshots import SnapshotError, SnapshotStore
 from gateway.plugin import (
     Bus,
@@ -812,8 +812,14 @@ class OnvifDriver(Driver):
         parser.add_argument("--multicast", action="store_true", help="multicast as well as --address probes")
         parser.add_argument("--user", default="", help="camera user, to read model and firmware")
         parser.add_argument("--password", default="", help="camera password (or EDGE_GW_ONVIF_PASSWORD)")
+        parser.add_argument(
+            "-v", "--verbose", action="store_true", help="show the raw XML of every reply that could not be understood"
+        )
 
     async def scan(self, args: argparse.Namespace) -> list[Mapping[str, Any]]:
+        """One row per responder: endpoint (None when it sent none), every XAddr, every
+        scope decoded whole, and the sender. Replies that could not be understood are in
+        the result's ``not_understood`` (raw XML too with ``--verbose``)."""
         import os
 
         try:
@@ -821,22 +827,50 @@ class OnvifDriver(Driver):
         except DiscoveryError as exc:
             raise DriverError("config", str(exc)) from None
         multicast = not targets or bool(getattr(args, "multicast", False))
-        found = await probe(targets, multicast=multicast, interface=getattr(args, "interface", None), wait=float(args.timeout))
+        result = await probe(targets, multicast=multicast, interface=getattr(args, "interface", None), wait=float(args.timeout))
         user = getattr(args, "user", "") or ""
         password = getattr(args, "password", "") or os.environ.get("EDGE_GW_ONVIF_PASSWORD", "")
-        rows: list[Mapping[str, Any]] = []
-        for match, sender in sorted(found, key=lambda f: (f[0].xaddrs[:1], f[0].endpoint)):
+        rows = ScanRows()
+        for match, sender in sorted(result.matches, key=lambda f: (f[0].xaddrs, f[0].endpoint, f[1])):
             row: dict[str, Any] = {
                 "name": match.scope("name"),
-                "xaddr": match.xaddrs[0] if match.xaddrs else f"({sender})",
+                "endpoint": match.endpoint or None,
+                "xaddrs": list(match.xaddrs),
                 "hardware": match.scope("hardware"),
                 "location": match.scope("location"),
-                "endpoint": match.endpoint,
+                "scopes": list(match.decoded_scopes),
+                "types": list(match.types),
+                "from": sender,
             }
             if user and match.xaddrs:
-                row |= (await _identify(match.xaddrs[0], user, password, float(args.timeout)))
+                row |= await _identify(_service_xaddr(match, sender), user, password, float(args.timeout))
             rows.append(row)
+        verbose = bool(getattr(args, "verbose", False))
+        for u in result.not_understood:
+            entry: dict[str, Any] = {"from": u.sender, "replies": u.replies, "reason": u.reason}
+            if verbose:
+                entry["raw"] = [r.decode("utf-8", "replace") for r in u.raw]
+            rows.not_understood.append(entry)
         return rows
+
+
+class ScanRows(list[Mapping[str, Any]]):
+    """Rows of a scan, and the replies that could not be understood (``from``, ``replies``,
+    ``reason``, with ``--verbose`` the ``raw`` datagrams), which the CLI reports."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.not_understood: list[dict[str, Any]] = []
+
+
+def _service_xaddr(match: ProbeMatch, sender: str) -> str:
+    """The XAddr to connect to: the one on the address the reply came from, else the first."""
+    host = sender.rpartition(":")[0].strip("[]")
+    for xaddr in match.xaddrs:
+        with contextlib.suppress(DiscoveryError):
+            if xaddr_host_port(xaddr)[0] == host:
+                return xaddr
+    return match.xaddrs[0]
 
 
 async def _identify(xaddr: str, user: str, password: str, timeout: float) -> dict[str, str]:

@@ -109,7 +109,7 @@ async def test_scan_finds_simulators_and_identifies_them(sim_process: dict[str, 
     by_name = {r["name"]: r for r in rows}
     assert set(by_name) == {"gate-east", "tower-3"}
     east = by_name["gate-east"]
-    assert east["xaddr"] == f"http://127.0.0.1:{sim_process['cameras']['gate-east']['port']}/onvif/device_service"
+    assert east["xaddrs"] == [f"http://127.0.0.1:{sim_process['cameras']['gate-east']['port']}/onvif/device_service"]
     assert (east["manufacturer"], east["model"], east["firmware"]) == ("Acme", "HT-200", "2.1.0")
     assert east["hardware"] == "HT-200" and east["location"] == "east gate"
     assert east["endpoint"] == f"urn:uuid:{sim_process['cameras']['gate-east']['uuid']}"
