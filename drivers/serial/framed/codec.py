@@ -326,8 +326,8 @@ def extract(raw: bytes, offset: int, ftype: str, *, length: int | None = None,
         raise ValueFormatError("short", f"field at {offset} ({size} bytes) is past the frame end ({len(raw)})")
     if ftype in _STRUCT:
         value: int | float | str = struct.unpack(_STRUCT[ftype], chunk)[0]
-        if ftype in ("f32be", "f32le") and math.isfinite(value):
-            value = float32_value(float(value))
+        if isinstance(value, float) and ftype in ("f32be", "f32le") and math.isfinite(value):
+            value = float32_value(value)
     elif ftype == "bcd":
         value = int(bcd_digits(chunk[::-1]))
     elif ftype == "bcd_le":
