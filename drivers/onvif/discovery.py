@@ -293,6 +293,44 @@ def _interface_address(interface: str) -> str:
     return socket.inet_ntoa(packed[20:24])
 
 
+async def _resolve(targets: Sequence[tuple[str, int]]) -> list[tuple[int, tuple[Any, ...]]]:
+    """(family, socket address) of each target; IPv4 preferred for a name with both."""
+    loop = asyncio.get_running_loop()
+    out: list[tuple[int, tuple[Any, ...]]] = []
+    for host, port in targets:
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise DiscoveryError(f"cannot resolve {host!r}: {exc.strerror or exc}") from None
+        infos = [i for i in infos if i[0] in (socket.AF_INET, socket.AF_INET6)]
+        if not infos:
+            raise DiscoveryError(f"{host!r} has no IPv4 or IPv6 address")
+        infos.sort(key=lambda i: i[0] != socket.AF_INET)
+        out.append((int(infos[0][0]), tuple(infos[0][4])))
+    return out
+
+
+def _probe_socket(family: int, addrs: Sequence[tuple[Any, ...]], multicast: bool, interface: str | None) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        loopback = "127.0.0.1" if family == socket.AF_INET else "::1"
+        bind_addr = "0.0.0.0" if family == socket.AF_INET else "::"
+        if multicast and family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+            if interface:
+                ifaddr = _interface_address(interface)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(ifaddr))
+                bind_addr = ifaddr
+        elif addrs and all(a[0] == loopback for a in addrs):
+            bind_addr = loopback
+        sock.bind((bind_addr, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def probe(
     targets: Sequence[tuple[str, int]] = (),
     *,
@@ -300,39 +338,42 @@ async def probe(
     interface: str | None = None,
     wait: float = 3.0,
 ) -> ProbeResult:
-    """Send one Probe to the multicast group and/or each unicast target; return the
-    ``(match, sender host:port)`` pairs collected within ``wait`` seconds (deduplicated by
-    endpoint, else first XAddr) and the replies that could not be understood."""
+    """Send one Probe to the multicast group and/or each unicast target (IPv4 or IPv6);
+    return the ``(match, sender host:port)`` pairs collected within ``wait`` seconds
+    (deduplicated by endpoint, else first XAddr) and the replies that could not be
+    understood. A target that does not resolve, or a probe the system refuses to send
+    (no route, ...), raises DiscoveryError."""
     message_id = f"urn:uuid:{uuid.uuid4()}"
     payload = build_probe(message_id)
     loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    resolved = await _resolve(targets)
+    collector = _Collector(message_id)
+    sends: list[tuple[socket.socket, tuple[Any, ...]]] = []
+    transports: list[asyncio.BaseTransport] = []
     try:
-        sock.setblocking(False)
-        bind_addr = "0.0.0.0"
-        if multicast:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-            if interface:
-                ifaddr = _interface_address(interface)
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(ifaddr))
-                bind_addr = ifaddr
-        elif targets and all(h in ("127.0.0.1", "localhost") for h, _ in targets):
-            bind_addr = "127.0.0.1"
-        sock.bind((bind_addr, 0))
-    except BaseException:
-        sock.close()
-        raise
-    transport, protocol = await loop.create_datagram_endpoint(lambda: _Collector(message_id), sock=sock)
-    dtransport = transport
-    try:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            addrs = [a for f, a in resolved if f == family]
+            mcast = multicast and family == socket.AF_INET
+            if not addrs and not mcast:
+                continue
+            sock = _probe_socket(family, addrs, mcast, interface)
+            transport, _ = await loop.create_datagram_endpoint(lambda: collector, sock=sock)
+            transports.append(transport)
+            sends += [(sock, MULTICAST_ADDR)] if mcast else []
+            sends += [(sock, a) for a in addrs]
         for attempt in range(2):  # UDP: send twice, as WS-Discovery recommends
-            if multicast:
-                dtransport.sendto(payload, MULTICAST_ADDR)
-            for host, port in targets:
-                dtransport.sendto(payload, (host, port))
+            failed = []
+            for sock, addr in sends:
+                try:
+                    sock.sendto(payload, addr)
+                except OSError as exc:
+                    failed.append(f"{_sender(addr)}: {exc.strerror or exc}")
+            if failed:
+                raise DiscoveryError(f"probe not sent to {'; '.join(failed)}")
             if attempt == 0:
                 await asyncio.sleep(min(0.1, wait / 4))
         await asyncio.sleep(wait)
     finally:
-        dtransport.close()
-    return ProbeResult(list(protocol.matches.values()), list(protocol.not_understood.values()))
+        for t in transports:
+            t.close()
+    return ProbeResult(list(collector.matches.values()), list(collector.not_understood.values()))

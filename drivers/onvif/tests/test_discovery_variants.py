@@ -441,3 +441,56 @@ def test_scan_table_never_cuts_an_address(all_variants: dict[str, Any]) -> None:
             assert any(text in line for line in lines), f"{text!r} not whole in:\n{r.stdout}"
     assert f"urn:uuid:{all_variants['cameras']['Virtual Camera standard']['uuid']}" in r.stdout
     assert "\u2026" not in r.stdout
+
+
+# ---------------------------------------------------------------- the probe itself, IPv6 and refused sends
+
+class _Answer:
+    """A responder on a loopback socket that answers each Probe with a vector reply."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+        self.transport: Any = None
+        self.probes = 0
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        import re
+
+        self.probes += 1
+        found = re.search(rb"<a:MessageID>([^<]+)</a:MessageID>", data)
+        assert found is not None
+        self.transport.sendto(self.reply.replace(MID.encode(), found.group(1)), addr)
+
+    def error_received(self, exc: Exception) -> None:
+        raise AssertionError(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+
+async def test_probe_reaches_an_ipv6_responder() -> None:
+    import asyncio
+    import socket
+
+    loop = asyncio.get_running_loop()
+    transport, answer = await loop.create_datagram_endpoint(
+        lambda: _Answer(GOOD["unwrapped"][0]), local_addr=("::1", 0), family=socket.AF_INET6
+    )
+    try:
+        port = transport.get_extra_info("sockname")[1]
+        result = await discovery.probe([("::1", port)], multicast=False, wait=0.5)
+    finally:
+        transport.close()
+    assert answer.probes >= 1
+    ((m, sender),) = result.matches
+    assert (m.endpoint, sender) == (CAM, f"[::1]:{port}")
+    assert result.not_understood == []
+
+
+async def test_a_probe_that_cannot_be_sent_is_an_error() -> None:
+    # a broadcast address without SO_BROADCAST: the kernel refuses, nothing leaves the host
+    with pytest.raises(DiscoveryError, match=r"probe not sent to 255\.255\.255\.255:3702"):
+        await discovery.probe([("255.255.255.255", 3702)], multicast=False, wait=0.2)
