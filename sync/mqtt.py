@@ -35,6 +35,16 @@ _QUIET.setLevel(logging.ERROR)
 _RESULT_QUEUE_MAX = 1000
 
 
+def _granted_code(granted: Any) -> int | None:
+    """The SUBACK return code of a one-topic subscription as aiomqtt reports it (granted
+    QoS ints, or paho reason codes); None when the answer has no code at all."""
+    try:
+        first = list(granted)[0]
+        return int(getattr(first, "value", first))
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
 class MqttUplink(UplinkEngine):
     kind = "mqtt"
     config: MqttUplinkConfig
@@ -60,7 +70,9 @@ class MqttUplink(UplinkEngine):
         self._results: list[dict[str, Any]] = []  # results waiting for a connection
         self._command_tasks: set[asyncio.Task[None]] = set()
         self._command_sem = asyncio.Semaphore(config.command_concurrency)
-        self._stats.extra.update(commands_received=0, url=config.url)
+        self._stats.extra.update(
+            commands_received=0, url=config.url, commands="pending" if config.commands else "off"
+        )
         self._m_commands = {o: metrics.COMMANDS.labels(self.name, o) for o in metrics.COMMAND_OUTCOMES}
 
     # ------------------------------------------------------------------ connection
@@ -155,7 +167,8 @@ class MqttUplink(UplinkEngine):
             self.topic_status, encode_json(birth), qos=1, retain=True, timeout=self.config.timeout
         )
         if self.config.commands:
-            await client.subscribe(self.topic_cmd, qos=1, timeout=self.config.timeout)
+            granted = await client.subscribe(self.topic_cmd, qos=1, timeout=self.config.timeout)
+            self._note_command_grant(granted)
         self._begin_session()
         log.info("uplink %s: connected to %s (backlog up to seq %d)", self.name, self.config.url, self._hw)
         await self._flush_results(client)
@@ -171,6 +184,39 @@ class MqttUplink(UplinkEngine):
             if isinstance(res, BaseException) and not isinstance(res, asyncio.CancelledError):
                 raise res
         raise LinkDown("connection closed")
+
+    def _note_command_grant(self, granted: Any) -> None:
+        """Check the broker's SUBACK for the command topic. A broker may refuse the
+        subscription (ACL; code 0x80) or grant less than QoS 1: records still flow, but the
+        downlink is degraded -- said once per change at warning, and counted as a
+        ``protocol`` error on every connection where it happens."""
+        code = _granted_code(granted)
+        if code == 1 or code == 2:
+            state = "subscribed"
+        elif code == 0:
+            state = "qos0"
+        else:
+            state = "refused"
+        before = self._stats.extra.get("commands")
+        self._stats.extra["commands"] = state
+        if state != "subscribed":
+            metrics.UPLINK_ERRORS.labels(self.name, "protocol").inc()
+        if state == before:
+            return
+        if state == "refused":
+            log.warning(
+                "uplink %s: the broker refused the subscription to %s (SUBACK code %s): "
+                "downlink commands will not arrive on this uplink; records are still sent",
+                self.name, self.topic_cmd, "unknown" if code is None else f"0x{code:02x}",
+            )
+        elif state == "qos0":
+            log.warning(
+                "uplink %s: the broker granted QoS 0 (not 1) for %s: commands sent while the "
+                "gateway is offline, or in flight during a reconnect, can be lost",
+                self.name, self.topic_cmd,
+            )
+        elif before in ("refused", "qos0"):
+            log.info("uplink %s: the broker now accepts the subscription to %s", self.name, self.topic_cmd)
 
     def _safe_status(self) -> dict[str, Any]:
         try:
