@@ -494,3 +494,17 @@ async def test_a_probe_that_cannot_be_sent_is_an_error() -> None:
     # a broadcast address without SO_BROADCAST: the kernel refuses, nothing leaves the host
     with pytest.raises(DiscoveryError, match=r"probe not sent to 255\.255\.255\.255:3702"):
         await discovery.probe([("255.255.255.255", 3702)], multicast=False, wait=0.2)
+
+
+def test_hwsim_cli_picks_the_reply_shape(tmp_path: Path) -> None:
+    argv = [sys.executable, "-c", "import sys; from hwsim.cli import main; sys.exit(main())", "onvif"]
+    child = ReadyLineChild([*argv, "--cameras", "2", "--discovery-variant", "unwrapped"], env={**os.environ},
+                           log=tmp_path / "sim.log").start()
+    try:
+        r = scan("--json", "--address", f"127.0.0.1:{child.info['discovery_port']}")
+        assert r.returncode == 0, r.stderr
+        assert sorted(row["name"] for row in json.loads(r.stdout)["found"]) == ["cam1", "cam2"]
+    finally:
+        child.stop()
+    bad = subprocess.run([*argv, "--cameras", "1", "--discovery-variant", "nonsense"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--discovery-variant" in bad.stderr
