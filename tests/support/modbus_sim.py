@@ -62,6 +62,9 @@ class SimProcess(ReadyLineChild):
     def set_values(self, name: str, **values: Any) -> dict[str, Any]:
         return self._post(f"/devices/{name}/values", values)
 
+    def set_holes(self, name: str, holes: list[dict[str, Any]]) -> dict[str, Any]:
+        return self._post(f"/devices/{name}/holes", {"holes": holes})
+
     def status(self, name: str) -> dict[str, Any]:
         url = f"http://127.0.0.1:{self.endpoints['control_port']}/devices/{name}"
         with urllib.request.urlopen(url, timeout=5) as resp:

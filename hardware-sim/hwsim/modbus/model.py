@@ -10,6 +10,9 @@ on both sides::
     description = "..."
     gaps = "exception"        # unmapped registers: "exception" (02) or "zero" (read as 0)
     max_read = 125            # longer reads get exception 03 (devices that reject them)
+    holes = [                 # address ranges (inclusive) that answer exception 02 to any
+      { table = "holding", first = 8, last = 11 },   # read or write touching them, even
+    ]                         # where a value is mapped or gaps = "zero" (a map with holes)
 
     [[values]]
     name = "density"          # used by scripts, overrides and the control API
@@ -170,6 +173,8 @@ class SimDevice:
         self.max_read = int(head.get("max_read", 125))
         if self.gaps not in ("exception", "zero"):
             raise SimFileError(f"{source}: device.gaps must be exception or zero")
+        self.holes: list[tuple[str, int, int]] = []
+        self.set_holes(head.get("holes", []), f"{source}: device.holes")
         self.values: dict[str, SimValue] = {}
         self.coils: dict[int, bool] = {}
         self.discrete: dict[int, bool] = {}
@@ -298,9 +303,36 @@ class SimDevice:
             elif kind == "counter":
                 self.set_value(v.name, float(v.value) + float(b.get("rate", 1.0)) * dt)
 
+    # ------------------------------------------------------------------ holes
+
+    def set_holes(self, holes: Any, where: str = "holes") -> None:
+        """Address ranges answering exception 02: ``[{table, first, last}, ...]``."""
+        if not isinstance(holes, list):
+            raise SimFileError(f"{where}: holes must be a list of {{ table, first, last }}")
+        out: list[tuple[str, int, int]] = []
+        for i, h in enumerate(holes):
+            if not isinstance(h, dict) or not {"table", "first", "last"} <= set(h):
+                raise SimFileError(f"{where}[{i}]: needs table, first and last, found {h!r}")
+            if h["table"] not in TABLES:
+                raise SimFileError(f"{where}[{i}]: table must be one of {TABLES}")
+            try:
+                first, last = int(h["first"]), int(h["last"])
+            except (TypeError, ValueError):
+                raise SimFileError(f"{where}[{i}]: first and last must be addresses") from None
+            if not 0 <= first <= last <= 0xFFFF:
+                raise SimFileError(f"{where}[{i}]: needs 0 <= first <= last <= 65535")
+            out.append((str(h["table"]), first, last))
+        self.holes = out
+
+    def in_hole(self, table: str, start: int, count: int) -> bool:
+        end = start + count - 1
+        return any(t == table and start <= last and first <= end for t, first, last in self.holes)
+
     # ------------------------------------------------------------------ protocol view
 
     def read_bits(self, table: str, start: int, count: int) -> list[bool] | None:
+        if self.in_hole(table, start, count):
+            return None
         src = self.coils if table == "coil" else self.discrete
         if self.gaps == "zero":
             return [src.get(a, False) for a in range(start, start + count)]
@@ -309,6 +341,8 @@ class SimDevice:
         return [src[a] for a in range(start, start + count)]
 
     def read_regs(self, table: str, start: int, count: int) -> list[int] | None:
+        if self.in_hole(table, start, count):
+            return None
         src = self.input if table == "input" else self.holding
         if self.gaps == "zero":
             return [src.get(a, 0) for a in range(start, start + count)]
@@ -317,6 +351,8 @@ class SimDevice:
         return [src[a] for a in range(start, start + count)]
 
     def write_bits(self, start: int, values: list[bool]) -> bool:
+        if self.in_hole("coil", start, len(values)):
+            return False
         if any(a not in self.writable_bits for a in range(start, start + len(values))):
             return False
         for i, b in enumerate(values):
@@ -325,6 +361,8 @@ class SimDevice:
         return True
 
     def write_regs(self, start: int, values: list[int]) -> bool:
+        if self.in_hole("holding", start, len(values)):
+            return False
         if any(a not in self.writable_regs for a in range(start, start + len(values))):
             return False
         for i, r in enumerate(values):
@@ -358,6 +396,7 @@ class SimDevice:
             "requests": self.requests,
             "answered": self.answered,
             "writes": self.writes,
+            "holes": [{"table": t, "first": a, "last": b} for t, a, b in self.holes],
             **self.fault.to_dict(),
             "values": {n: self.read_back(n) for n in self.values},
         }
@@ -391,7 +430,8 @@ def load_model(model: str, base: Path | None = None) -> tuple[dict[str, Any], st
 
 def load_farm(path: Path | str) -> list[SimDevice]:
     """A simulator file: ``[[devices]]`` with name, model, unit and optional value overrides
-    (``set = { density = 4.0 }``), and optionally ``fault = { fault = "silent" }``."""
+    (``set = { density = 4.0 }``), optionally ``fault = { fault = "silent" }`` and
+    ``holes = [{ table = "holding", first = 8, last = 11 }]`` (replaces the model's holes)."""
     path = Path(path)
     with path.open("rb") as fh:
         data = tomllib.load(fh)
@@ -416,6 +456,8 @@ def farm_from_dict(
             if vname not in dev.values:
                 raise SimFileError(f"{source}: devices[{i}].set: unknown value {vname!r}")
             dev.set_value(vname, value)
+        if "holes" in d:
+            dev.set_holes(d["holes"], f"{source}: devices[{i}].holes")
         if "fault" in d:
             f = dict(d["fault"])
             dev.set_fault(str(f.pop("fault", "none")), **f)

@@ -22,6 +22,10 @@ Faults per device (``SimDevice.set_fault``): ``silent`` (no answer), ``late`` (a
 ``delay`` seconds), ``exception`` (answer exception ``code``), ``crc`` (corrupt CRC on RTU; a
 malformed byte count on TCP), ``truncate`` (half a frame), ``gone`` (silent, and its own TCP
 port drops connections), each optionally for a ``rate`` fraction of requests.
+
+Holes (``SimDevice.set_holes``, the device file's ``holes`` or a farm entry's): address
+ranges that answer exception 02 to any request touching them, like real devices whose
+register maps have gaps; changed at run time through ``POST /devices/NAME/holes``.
 """
 
 from __future__ import annotations
@@ -383,11 +387,23 @@ class ModbusSimulator:
                 return web.json_response({"error": str(exc)}, status=400)
             return web.json_response(dev.status())
 
+        async def holes(request: web.Request) -> web.Response:
+            dev = self.devices.get(request.match_info["name"])
+            if dev is None:
+                return web.json_response({"error": "no such device"}, status=404)
+            try:
+                body = await request.json()
+                dev.set_holes(body.get("holes") if isinstance(body, dict) else body)
+            except (ValueError, json.JSONDecodeError) as exc:
+                return web.json_response({"error": str(exc)}, status=400)
+            return web.json_response(dev.status())
+
         app = web.Application()
         app.router.add_get("/devices", list_devices)
         app.router.add_get("/devices/{name}", one)
         app.router.add_post("/devices/{name}/fault", fault)
         app.router.add_post("/devices/{name}/values", values)
+        app.router.add_post("/devices/{name}/holes", holes)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.host, port)
