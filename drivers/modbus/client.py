@@ -106,6 +106,7 @@ class ModbusClient:
         else:
             self._char_time = 0.0
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self.connections = 0  # successful (re)connects: what was learnt of devices may be stale
         # traffic seen through the trace hooks
         self._in_request = False
         self._rx_done = b""  # bytes of this request that pymodbus already consumed
@@ -213,6 +214,7 @@ class ModbusClient:
         metrics.CONNECTS.labels(self.bus, "ok").inc()
         self._client = client
         self._dropped = False
+        self.connections += 1
 
     def close(self) -> None:
         client, self._client = self._client, None

@@ -611,6 +611,35 @@ def plan_reads(
     return blocks
 
 
+def cover(table: str, members: Sequence[Span]) -> ReadBlock:
+    """The smallest read block of ``table`` holding every one of ``members``."""
+    start = min(s.offset for s in members)
+    end = max(s.offset + s.count for s in members)
+    return ReadBlock(table, start, end - start, tuple(members))
+
+
+def split_block(block: ReadBlock) -> tuple[ReadBlock, ReadBlock] | None:
+    """Two blocks that together read the members of ``block``, cut where the block bridges
+    its largest unread gap (where a hole in the device's map most likely is; of equal gaps
+    the one nearest the middle). ``None`` when no cut separates the members (one point, or
+    points that overlap each other all along)."""
+    members = sorted(block.members, key=lambda s: (s.offset, s.count, s.key))
+    n = len(members)
+    best: tuple[tuple[int, int], int] | None = None
+    end = members[0].offset + members[0].count
+    for i in range(1, n):
+        s = members[i]
+        if s.offset >= end:  # nothing before the cut reaches past it
+            score = (s.offset - end, -abs(2 * i - n))
+            if best is None or score > best[0]:
+                best = (score, i)
+        end = max(end, s.offset + s.count)
+    if best is None:
+        return None
+    i = best[1]
+    return cover(block.table, members[:i]), cover(block.table, members[i:])
+
+
 def slice_block(block: ReadBlock, data: Sequence[int] | Sequence[bool], span: Span) -> list[int]:
     """The registers/bits of ``span`` out of the data read for ``block``."""
     lo = span.offset - block.start

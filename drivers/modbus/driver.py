@@ -11,8 +11,12 @@ Failure policy of a poll (the core does the backoff, offline/online and quality)
   costs one timeout per probe and never stalls the other devices on its line longer.
 * Corrupt answers (CRC, truncated, malformed) and timeouts after the device already answered
   in this poll are retried ``retries`` times.
-* A Modbus exception (e.g. 02 illegal data address for one block) fails only the points of
-  that request; the reason names the exception.
+* A Modbus exception fails only the points of that request; the reason names the exception.
+* Exception 02 (illegal data address) to a coalesced read is a hole in the device's map: the
+  block is split until its parts read, what was learnt is kept per device (later polls
+  skip the hole; points inside it are bad with reason ``illegal_address``), logged once
+  and counted (``edge_gw_modbus_holes_learnt_total``). Learnt holes are asked again after a
+  reconnect, after the device stopped answering, and ``hole_recheck`` after learning.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
@@ -112,6 +117,46 @@ class _Plan:
         self.specs = specs
 
 
+# Reason of a point inside a hole of its device's register map (exception 02 to its own read).
+ILLEGAL_ADDRESS = "illegal_address"
+_OK, _HOLE, _FAILED = "ok", "hole", "failed"
+
+
+class _Learnt:
+    """How one planned read block is read on a device whose map has a hole in it: the
+    requests that work, and the points inside the hole (never asked again until a re-check)."""
+
+    __slots__ = ("blocks", "holes")
+
+    def __init__(self, blocks: tuple[codec.ReadBlock, ...], holes: tuple[codec.Span, ...]) -> None:
+        self.blocks = blocks
+        self.holes = holes
+
+
+class _Holes:
+    """What one device taught us about its register map, and when."""
+
+    __slots__ = ("blocks", "connections", "since")
+
+    def __init__(self, connections: int) -> None:
+        self.blocks: dict[codec.ReadBlock, _Learnt] = {}
+        self.connections = connections  # the client's connect count when learnt
+        self.since = time.monotonic()
+
+
+class _Poll:
+    """One poll of one device in progress."""
+
+    __slots__ = ("answered", "device", "reading", "reply_s", "unit")
+
+    def __init__(self, device: str, unit: int, reply_s: float, reading: Reading) -> None:
+        self.device = device
+        self.unit = unit
+        self.reply_s = reply_s
+        self.reading = reading
+        self.answered = False  # the device sent any usable answer (an exception counts)
+
+
 def _profile_options(device: DeviceSpec) -> ProfileOptions:
     opts = device.options
     return opts if isinstance(opts, ProfileOptions) else ProfileOptions()
@@ -167,6 +212,7 @@ class ModbusBus(Bus):
         self._last_plan: dict[str, tuple[Sequence[PointSpec], _Plan]] = {}
         self._failures: dict[str, Any] = {}
         self._exceptions: dict[int, Any] = {}
+        self._holes: dict[str, _Holes] = {}  # per device id: holes learnt in its map
         self._retries = metrics.RETRIES.labels(spec.name)
 
     # ------------------------------------------------------------------ lifecycle
@@ -199,7 +245,11 @@ class ModbusBus(Bus):
         self._plan(device, device.points)
 
     def requests_per_poll(self, device: DeviceSpec) -> int:
-        return len(self._plan(device, device.points).blocks)
+        blocks = self._plan(device, device.points).blocks
+        holes = self._holes.get(device.id)
+        if holes is None:
+            return len(blocks)
+        return sum(len(holes.blocks[b].blocks) if b in holes.blocks else 1 for b in blocks)
 
     def _plan(self, device: DeviceSpec, points: Sequence[PointSpec]) -> _Plan:
         # every poll passes the same ``device.points`` object: found by identity first,
@@ -276,59 +326,177 @@ class ModbusBus(Bus):
         unit = _device_address(device).unit
         reply_s = self._timeout(device)
         reading = Reading()
-        answered = False
+        poll = _Poll(device.id, unit, reply_s, reading)
         suspect = device.id in self._suspects
         try:
             await self.line.acquire(suspect)  # (hold() without the generator: once per poll)
             try:
-                reading, answered = await self._read_locked(plan, unit, reply_s, reading)
+                await self._read_locked(plan, poll)
             finally:
                 self.line.release()
         except DeviceUnavailable:
             self._suspects.add(device.id)
+            self._forget_holes(device.id)  # it may come back as another device (or firmware)
             raise
-        if not answered:
+        if not poll.answered:
             self._suspects.add(device.id)
+            self._forget_holes(device.id)
             reason = next(iter(reading.errors.values()), "no_answer")
             raise DeviceUnavailable(reason, "no usable answer to any request")
         self._suspects.discard(device.id)
         return reading
 
-    async def _read_locked(
-        self, plan: _Plan, unit: int, reply_s: float, reading: Reading
-    ) -> tuple[Reading, bool]:
-        answered = False
+    # ------------------------------------------------------------------ holes
+
+    def _learnt(self, device_id: str) -> _Holes | None:
+        """What was learnt of the device's map, or ``None`` (nothing, or due a re-check:
+        after a reconnect of the bus, or ``hole_recheck`` after it was learnt)."""
+        holes = self._holes.get(device_id)
+        if holes is None:
+            return None
+        if holes.connections != self.client.connections or not self.client.connected:
+            why = "the connection is new"
+        elif time.monotonic() - holes.since > self.options.hole_recheck:
+            why = f"learnt more than {self.options.hole_recheck:g}s ago"
+        else:
+            return holes
+        log.info("device %s: asking the holes of its register map again (%s)", device_id, why)
+        del self._holes[device_id]
+        return None
+
+    def _forget_holes(self, device_id: str) -> None:
+        if self._holes.pop(device_id, None) is not None:
+            log.info("device %s: stopped answering; its learnt register holes are forgotten",
+                     device_id)
+
+    def _learn(self, poll: _Poll, block: codec.ReadBlock, learnt: _Learnt) -> None:
+        holes = self._holes.get(poll.device)
+        if holes is None:
+            holes = self._holes[poll.device] = _Holes(self.client.connections)
+        holes.blocks[block] = learnt
+        holes.since = time.monotonic()
+        counter = metrics.HOLES_LEARNT.labels(self.spec.name, poll.device)
+        counter.inc()
+        inside = ", ".join(s.key for s in learnt.holes)
+        log.warning(
+            "device %s (unit %d): exception 02 (illegal data address) to a read of %s %d-%d: "
+            "its register map has a hole there; now read as %d request(s)%s. Learnt until a "
+            "reconnect, the device stops answering, or %gs (hole_recheck)",
+            poll.device,
+            poll.unit,
+            block.table,
+            block.start,
+            block.start + block.count - 1,
+            len(learnt.blocks),
+            f"; inside the hole, bad (illegal_address): {inside}" if inside else "",
+            self.options.hole_recheck,
+        )
+
+    # ------------------------------------------------------------------ reads
+
+    async def _read_locked(self, plan: _Plan, poll: _Poll) -> None:
+        reading = poll.reading
+        holes = self._learnt(poll.device) if self._holes else None
+        known = holes.blocks if holes is not None else None
         for block in plan.blocks:
-            req = codec.read_request(block.table, block.start, block.count)
-            reading.requests += 1
-            try:
-                data = await self._request(unit, req, reply_s, retry_timeouts=answered)
-            except codec.ModbusExceptionResponse as exc:
-                answered = True
-                for span in block.members:
-                    reading.errors[span.key] = exc.reason
+            learnt = known.get(block) if known else None
+            if learnt is None:
+                if await self._read_block(plan, block, poll) != _HOLE:
+                    continue
+                self._learn(poll, block, await self._split(plan, block, poll))
                 continue
-            except LinkError as exc:
-                if not answered and not exc.answered:
-                    raise DeviceUnavailable(exc.reason, exc.detail) from None
-                # a corrupt answer proves nothing usable: it does not make the device "up"
-                for span in block.members:
-                    reading.errors[span.key] = exc.reason
-                continue
-            answered = True
-            assert data is not None
+            for span in learnt.holes:
+                reading.errors[span.key] = ILLEGAL_ADDRESS
+            todo: list[codec.ReadBlock] = []
+            again = False
+            for b in learnt.blocks:
+                if await self._read_block(plan, b, poll) == _HOLE:
+                    more = await self._split(plan, b, poll)  # a new hole inside a learnt part
+                    todo.extend(more.blocks)
+                    learnt = _Learnt(learnt.blocks, learnt.holes + more.holes)
+                    again = True
+                else:
+                    todo.append(b)
+            if again:
+                self._learn(poll, block, _Learnt(tuple(todo), learnt.holes))
+        if not reading.requests and plan.blocks and holes is not None:
+            await self._probe_holes(holes, poll)
+
+    async def _probe_holes(self, holes: _Holes, poll: _Poll) -> None:
+        """Every point of the poll lies in a learnt hole, so no request was sent: one read
+        of a hole proves the device is still there (exception 02 is an answer). If it reads
+        now, the holes are forgotten and the next poll asks again."""
+        span = next(s for learnt in holes.blocks.values() for s in learnt.holes)
+        req = codec.read_request(span.table, span.offset, span.count)
+        poll.reading.requests += 1
+        try:
+            await self._request(poll.unit, req, poll.reply_s, retry_timeouts=False)
+        except codec.ModbusExceptionResponse:
+            poll.answered = True
+            return
+        except LinkError as exc:
+            if not exc.answered:
+                raise DeviceUnavailable(exc.reason, exc.detail) from None
+            poll.answered = True
+            return
+        poll.answered = True
+        log.info("device %s: a learnt register hole reads again; asking its map again", poll.device)
+        self._holes.pop(poll.device, None)
+
+    async def _split(self, plan: _Plan, block: codec.ReadBlock, poll: _Poll) -> _Learnt:
+        """``block`` was answered with exception 02: read its parts, halving where it bridges
+        its largest gap, until every part reads or is one point (then that point is inside
+        a hole). Parts that failed otherwise stay to be read by later polls."""
+        halves = codec.split_block(block)
+        if halves is None:
             for span in block.members:
-                words = codec.slice_block(block, data, span)
-                try:
-                    if block.table in codec.BIT_TABLES:
-                        reading.values[span.key] = bool(words[0])
-                    else:
-                        reading.values[span.key] = codec.decode_registers(
-                            plan.specs[span.key], words
-                        )
-                except codec.CodecError as exc:
-                    reading.errors[span.key] = exc.reason
-        return reading, answered
+                poll.reading.errors[span.key] = ILLEGAL_ADDRESS
+            return _Learnt((), block.members)
+        blocks: list[codec.ReadBlock] = []
+        holes: tuple[codec.Span, ...] = ()
+        for half in halves:
+            if await self._read_block(plan, half, poll) == _HOLE:
+                part = await self._split(plan, half, poll)
+                blocks.extend(part.blocks)
+                holes += part.holes
+            else:
+                blocks.append(half)
+        return _Learnt(tuple(blocks), holes)
+
+    async def _read_block(self, plan: _Plan, block: codec.ReadBlock, poll: _Poll) -> str:
+        """One read request for ``block``; its values (or errors) go into the reading.
+        Returns ``_HOLE`` when the device answered exception 02 (nothing recorded then)."""
+        reading = poll.reading
+        req = codec.read_request(block.table, block.start, block.count)
+        reading.requests += 1
+        try:
+            data = await self._request(poll.unit, req, poll.reply_s, retry_timeouts=poll.answered)
+        except codec.ModbusExceptionResponse as exc:
+            poll.answered = True
+            if exc.code == 2:
+                return _HOLE
+            for span in block.members:
+                reading.errors[span.key] = exc.reason
+            return _FAILED
+        except LinkError as exc:
+            if not poll.answered and not exc.answered:
+                raise DeviceUnavailable(exc.reason, exc.detail) from None
+            # a corrupt answer proves nothing usable: it does not make the device "up"
+            for span in block.members:
+                reading.errors[span.key] = exc.reason
+            return _FAILED
+        poll.answered = True
+        assert data is not None
+        for span in block.members:
+            words = codec.slice_block(block, data, span)
+            try:
+                if block.table in codec.BIT_TABLES:
+                    reading.values[span.key] = bool(words[0])
+                else:
+                    reading.values[span.key] = codec.decode_registers(plan.specs[span.key], words)
+            except codec.CodecError as exc:
+                reading.errors[span.key] = exc.reason
+        return _OK
 
     # ------------------------------------------------------------------ writes
 

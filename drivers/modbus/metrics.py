@@ -3,7 +3,8 @@ duration and read errors by reason; these add what only the protocol layer can s
 
 Label values are bounded: ``bus`` is a configured bus name (a TCP device configured without
 a bus is its own bus, named after the device), ``transport`` one of tcp/rtu/rtu_over_tcp,
-``code`` a Modbus exception code, ``reason``/``result`` short fixed words.
+``code`` a Modbus exception code, ``device`` a configured device id, ``reason``/``result``
+short fixed words.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ CONNECTS = Counter(
     "edge_gw_modbus_connects_total",
     "Connection (re)establishments of a Modbus bus, by result",
     ["bus", "result"],
+)
+HOLES_LEARNT = Counter(
+    "edge_gw_modbus_holes_learnt_total",
+    "Reads across a hole in a device's register map (exception 02 to a coalesced read) that "
+    "were split and learnt: one per read block and learning, not per poll",
+    ["bus", "device"],
 )
 WRITES = Counter(
     "edge_gw_modbus_writes_total",

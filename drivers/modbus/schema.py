@@ -53,6 +53,8 @@ class BusOptions(StrictModel):
     connect_timeout: Duration = Field(default=3.0, gt=0, le=120)
     frame_gap: Duration | None = Field(default=None, ge=0, le=1)  # serial: idle time between frames
     max_gap: int = Field(default=8, ge=0, le=125)  # registers bridged when coalescing reads
+    # holes learnt in a device's map (exception 02) are asked again after this long
+    hole_recheck: Duration = Field(default=3600.0, gt=0, le=7 * 86400)
 
     @model_validator(mode="after")
     def _infer(self) -> BusOptions:
