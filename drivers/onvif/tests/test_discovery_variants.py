@@ -508,3 +508,40 @@ def test_hwsim_cli_picks_the_reply_shape(tmp_path: Path) -> None:
         child.stop()
     bad = subprocess.run([*argv, "--cameras", "1", "--discovery-variant", "nonsense"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--discovery-variant" in bad.stderr
+
+
+def test_scan_messages_are_shown_as_text_not_markup() -> None:
+    r = scan("--address", "a[/b]:x")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "expected HOST:PORT, found 'a[/b]:x'" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("reply", "shown"),
+    [
+        ("<s:Fault><s:Reason><s:Text>[/b] [red]x</s:Text></s:Reason></s:Fault>", "SOAP fault: [/b] [red]x"),
+        ("<d:ProbeMatches>\x1b[2J[/b]</d:ProbeMatches>", "<s:Body><d:ProbeMatches>\\x1b[2J[/b]</d:ProbeMatches>"),
+    ],
+    ids=["markup-in-a-fault", "terminal-escape"],
+)
+async def test_a_hostile_reply_is_reported_harmlessly(reply: str, shown: str) -> None:
+    import asyncio
+
+    data = f"{ENVELOPE}<s:Body>{reply}</s:Body></s:Envelope>".encode()
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: _Answer(data), local_addr=("127.0.0.1", 0))
+    try:
+        port = transport.get_extra_info("sockname")[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.cli", "scan", "onvif", "--timeout", "0.5", "--verbose", "--address",
+            f"127.0.0.1:{port}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        async with asyncio.timeout(60):
+            _, err = await proc.communicate()
+    finally:
+        transport.close()
+    text = err.decode()
+    assert proc.returncode == 1 and "Traceback" not in text, text
+    assert f"1 reply not understood from 127.0.0.1:{port}: " in text
+    assert shown in text and "\x1b" not in text, text
