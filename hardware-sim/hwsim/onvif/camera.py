@@ -13,7 +13,15 @@ client uses to identify a camera and follow its events:
 Everything but GetSystemDateAndTime needs a WS-UsernameToken checked against the camera's
 own clock (``clock_offset`` seconds from the host clock). Faults are injected at run time
 through the Python API (and the control endpoint of :mod:`hwsim.onvif.server`): wrong
-password, SOAP faults for an operation, slow replies, expired subscriptions, a reboot.
+password, SOAP faults for an operation, slow replies, expired subscriptions, a reboot,
+power off/on.
+
+Personalities (``PERSONALITIES``, chosen per camera with ``personality = "a,b"``) reproduce
+what real cameras do and the gateway must cope with: no events service, authentication
+demanded even on GetSystemDateAndTime, Basic-only snapshots, an account locked after a
+few refused logins, a slow boot (HTTP 503 for a while after a reboot). Every refused login
+(a request that carried credentials the camera did not accept) is counted in
+``refused_logins``; ``status()`` and the control endpoint show it.
 """
 
 from __future__ import annotations
@@ -73,7 +81,40 @@ class CameraConfig:
     subscription_default: float = 60.0  # seconds when the client asks for none
     initial_states: bool = True  # send Initialized property states on subscribe
     brightness: int = 128
+    events_service: bool = True  # False: no events service (not in GetServices/GetCapabilities)
+    auth_everything: bool = False  # GetSystemDateAndTime needs a UsernameToken as well
+    lockout_after: int = 0  # refused logins in a row that lock the account (0 = never)
+    lockout_seconds: float = 600.0  # how long a locked account refuses even the right password
+    boot_time: float = 0.0  # after a reboot or power-on, SOAP answers HTTP 503 this long
+    discovery_variant: str = "standard"  # WS-Discovery reply shape (hwsim.onvif.discovery)
+    personality: str = ""  # comma-separated names of PERSONALITIES (already applied)
     script: list[ScriptStep] = field(default_factory=list)
+
+
+# Named presets of CameraConfig fields; explicit fields of a camera override them.
+PERSONALITIES: dict[str, dict[str, Any]] = {
+    "standard": {},
+    "no-events": {"events_service": False},
+    "auth-everything": {"auth_everything": True},
+    "basic-snapshots": {"snapshot_auth": "basic"},
+    "lockout": {"lockout_after": 3, "lockout_seconds": 600.0},
+    "slow-boot": {"boot_time": 8.0},
+    "probe-unwrapped": {"discovery_variant": "unwrapped"},
+}
+
+
+def personality_fields(names: str | list[str]) -> dict[str, Any]:
+    """The CameraConfig fields of one or more personalities (``"lockout,slow-boot"``)."""
+    items = names.split(",") if isinstance(names, str) else list(names)
+    out: dict[str, Any] = {}
+    for raw in items:
+        name = raw.strip()
+        if not name:
+            continue
+        if name not in PERSONALITIES:
+            raise ValueError(f"unknown personality {name!r}: expected one of {sorted(PERSONALITIES)}")
+        out |= PERSONALITIES[name]
+    return out
 
 
 @dataclass
@@ -105,7 +146,11 @@ class SimCamera:
         self.faults = Faults()
         self.properties: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[dict[str, str], dict[str, str]]] = {}
         self.requests: dict[str, int] = {}
-        self.auth_failures = 0
+        self.auth_failures = 0  # every request refused for want of valid credentials
+        self.refused_logins = 0  # of those, the ones that carried credentials (login attempts)
+        self.failed_in_row = 0
+        self.locked_until = 0.0  # monotonic; account locked (lockout personality)
+        self.booted_at = 0.0  # monotonic time the HTTP service last came up
         self.events_sent = 0
         self.boots = 1
         self.snapshots = 0
@@ -156,6 +201,7 @@ class SimCamera:
             self.port = int(runner.addresses[0][1])
         self._runner = runner
         self.up = True
+        self.booted_at = time.monotonic()
         log.info("camera %s listening on %s:%d", self.config.name, self.config.host, self.port)
 
     async def _stop_http(self) -> None:
@@ -226,6 +272,42 @@ class SimCamera:
         self.boots += 1
         await self._start_http()
 
+    async def power(self, on: bool) -> None:
+        """Switch the camera off (port closed, state lost) or on again (a boot)."""
+        if on and not self.up:
+            self.boots += 1
+            await self._start_http()
+        elif not on and self.up:
+            await self._stop_http()
+            self.properties.clear()
+            self._nonces.clear()
+
+    @property
+    def booting(self) -> bool:
+        return self.boots > 1 and time.monotonic() - self.booted_at < self.config.boot_time
+
+    @property
+    def locked(self) -> bool:
+        return time.monotonic() < self.locked_until
+
+    def _login_refused(self, carried_credentials: bool) -> None:
+        self.auth_failures += 1
+        if not carried_credentials:
+            return
+        self.refused_logins += 1
+        self.failed_in_row += 1
+        n = self.config.lockout_after
+        if n > 0 and self.failed_in_row >= n and not self.locked:
+            self.locked_until = time.monotonic() + self.config.lockout_seconds
+            log.info("camera %s: account locked after %d refused logins", self.config.name, self.failed_in_row)
+
+    def _login_ok(self) -> None:
+        self.failed_in_row = 0
+
+    def unlock(self) -> None:
+        self.locked_until = 0.0
+        self.failed_in_row = 0
+
     def reboot_later(self, downtime: float = 1.0) -> None:
         if self._reboot_task is None or self._reboot_task.done():
             self._reboot_task = asyncio.create_task(self.reboot(downtime), name=f"onvif-sim-reboot-{self.config.name}")
@@ -247,6 +329,10 @@ class SimCamera:
             "dropped": sum(s.dropped for s in self.subscriptions.values()),
             "events_sent": self.events_sent,
             "auth_failures": self.auth_failures,
+            "refused_logins": self.refused_logins,
+            "locked": self.locked,
+            "booting": self.booting,
+            "personality": self.config.personality,
             "snapshots": self.snapshots,
             "requests": dict(self.requests),
         }
@@ -330,19 +416,14 @@ class SimCamera:
             if f.delay_count > 0:
                 f.delay_count -= 1
             await asyncio.sleep(f.delay)
+        if self.booting:
+            return web.Response(status=503, text="booting", headers={"Retry-After": "5"})
+        service = request.match_info.get("service", "")
+        if not self.config.events_service and (service == "events_service" or "sid" in request.match_info):
+            return web.Response(status=404, text="no such service")
         try:
-            if op != "GetSystemDateAndTime":
-                try:
-                    soap.verify_token(
-                        soap.extract_token(req.header),
-                        {self.config.username: self.config.password},
-                        self.camera_now(),
-                        self.config.max_skew,
-                        self._nonces,
-                    )
-                except SoapError:
-                    self.auth_failures += 1
-                    raise
+            if op != "GetSystemDateAndTime" or self.config.auth_everything:
+                self._authenticate(req)
             remaining = f.soap_faults.get(op, 0)
             if remaining:
                 if remaining > 0:
@@ -356,6 +437,23 @@ class SimCamera:
         except SoapError as err:
             return self._fault_response(err)
         return web.Response(body=payload, content_type="application/soap+xml", charset="utf-8")
+
+    def _authenticate(self, req: soap.Request) -> None:
+        carried = req.header is not None and req.header.find(f"{{{NS['wsse']}}}Security") is not None
+        try:
+            if carried and self.locked:
+                raise soap.not_authorized("account locked after repeated failed logins")
+            soap.verify_token(
+                soap.extract_token(req.header),
+                {self.config.username: self.config.password},
+                self.camera_now(),
+                self.config.max_skew,
+                self._nonces,
+            )
+        except SoapError:
+            self._login_refused(carried)
+            raise
+        self._login_ok()
 
     def _fault_response(self, err: SoapError) -> web.Response:
         return web.Response(
@@ -383,8 +481,9 @@ class SimCamera:
         services = [
             (NS["tds"], "/onvif/device_service", 2, 60),
             (NS["trt"], "/onvif/media_service", 2, 60),
-            (NS["tev"], "/onvif/events_service", 2, 60),
         ]
+        if self.config.events_service:
+            services.append((NS["tev"], "/onvif/events_service", 2, 60))
         rows = "".join(
             f"<tds:Service><tds:Namespace>{ns}</tds:Namespace><tds:XAddr>{self.base}{path}</tds:XAddr>"
             f"<tds:Version><tt:Major>{major}</tt:Major><tt:Minor>{minor}</tt:Minor></tds:Version></tds:Service>"
@@ -394,14 +493,19 @@ class SimCamera:
 
     async def _op_GetCapabilities(self, req: soap.Request, sid: str | None) -> bytes:
         b = self.base
+        events = ""
+        if self.config.events_service:
+            events = (
+                f"<tt:Events><tt:XAddr>{b}/onvif/events_service</tt:XAddr>"
+                "<tt:WSSubscriptionPolicySupport>false</tt:WSSubscriptionPolicySupport>"
+                "<tt:WSPullPointSupport>true</tt:WSPullPointSupport>"
+                "<tt:WSPausableSubscriptionManagerInterfaceSupport>false"
+                "</tt:WSPausableSubscriptionManagerInterfaceSupport></tt:Events>"
+            )
         return soap.envelope(
             "<tds:GetCapabilitiesResponse><tds:Capabilities>"
             f"<tt:Device><tt:XAddr>{b}/onvif/device_service</tt:XAddr></tt:Device>"
-            f"<tt:Events><tt:XAddr>{b}/onvif/events_service</tt:XAddr>"
-            "<tt:WSSubscriptionPolicySupport>false</tt:WSSubscriptionPolicySupport>"
-            "<tt:WSPullPointSupport>true</tt:WSPullPointSupport>"
-            "<tt:WSPausableSubscriptionManagerInterfaceSupport>false"
-            "</tt:WSPausableSubscriptionManagerInterfaceSupport></tt:Events>"
+            f"{events}"
             f"<tt:Media><tt:XAddr>{b}/onvif/media_service</tt:XAddr>"
             "<tt:StreamingCapabilities><tt:RTPMulticast>false</tt:RTPMulticast>"
             "<tt:RTP_TCP>true</tt:RTP_TCP><tt:RTP_RTSP_TCP>true</tt:RTP_RTSP_TCP>"
@@ -574,12 +678,21 @@ class SimCamera:
     # snapshot ---------------------------------------------------------------
 
     async def _handle_snapshot(self, request: web.Request) -> web.Response:
+        if self.booting:
+            return web.Response(status=503, text="booting", headers={"Retry-After": "5"})
         mode = self.config.snapshot_auth
+        header = request.headers.get("Authorization", "")
+        carried = bool(header)
         if mode == "basic":
-            if not self._check_basic(request.headers.get("Authorization", "")):
+            if not self._check_basic(header) or (carried and self.locked):
+                self._login_refused(carried)
                 return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="camera"'})
+            self._login_ok()
         elif mode == "digest":
-            if not self._check_digest(request):
+            if not self._check_digest(request) or (carried and self.locked):
+                # a digest client's first request carries no credentials: that is a
+                # challenge, not a refused login
+                self._login_refused(carried)
                 nonce = secrets.token_hex(16)
                 self._digest_nonces[nonce] = time.monotonic()
                 if len(self._digest_nonces) > 1024:
@@ -590,6 +703,7 @@ class SimCamera:
                     status=401,
                     headers={"WWW-Authenticate": f'Digest realm="camera", qop="auth", nonce="{nonce}", algorithm=MD5'},
                 )
+            self._login_ok()
         self.snapshots += 1
         image = flat_jpeg(self.config.brightness, f"{self.config.name} #{self.snapshots} {soap.iso(self.camera_now())}")
         return web.Response(body=image, content_type="image/jpeg")

@@ -15,7 +15,8 @@ import signal
 import sys
 from pathlib import Path
 
-from hwsim.onvif.camera import CameraConfig
+from hwsim.onvif.camera import PERSONALITIES, CameraConfig, personality_fields
+from hwsim.onvif.discovery import VARIANTS
 from hwsim.onvif.server import CameraGroup, ConfigError, load_file
 
 
@@ -29,6 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--username", default="admin")
     p.add_argument("--password", default="admin")
     p.add_argument("--clock-offset", type=float, default=0.0, help="camera clock minus host clock, s")
+    p.add_argument("--personality", default="",
+                   help="camera personality for the --cameras cameras, comma-separated: "
+                   + ", ".join(sorted(PERSONALITIES)) + " (see hwsim.onvif.server)")
+    p.add_argument("--discovery-variant", choices=sorted(VARIANTS), default=None,
+                   help="shape of the --cameras cameras' WS-Discovery replies (see hwsim.onvif.discovery)")
     p.add_argument("--discovery-port", type=int, default=None,
                    help="WS-Discovery UDP port (default: from the file, else a free port)")
     p.add_argument("--multicast", action="store_true", help="also join 239.255.255.250 (LAN demos)")
@@ -42,14 +48,23 @@ def run(args: argparse.Namespace) -> int:
         if args.config:
             options, cams = load_file(args.config)
         else:
+            try:
+                preset = personality_fields(args.personality)
+            except ValueError as exc:
+                raise ConfigError(f"--personality: {exc}") from None
             cams = [
                 CameraConfig(
-                    name=f"cam{i + 1}",
-                    host=args.host,
-                    port=(args.base_port + i) if args.base_port else 0,
-                    username=args.username,
-                    password=args.password,
-                    clock_offset=args.clock_offset,
+                    **{
+                        **preset,
+                        "name": f"cam{i + 1}",
+                        "host": args.host,
+                        "port": (args.base_port + i) if args.base_port else 0,
+                        "username": args.username,
+                        "password": args.password,
+                        "clock_offset": args.clock_offset,
+                        "personality": args.personality,
+                        **({"discovery_variant": args.discovery_variant} if args.discovery_variant else {}),
+                    }
                 )
                 for i in range(max(1, args.cameras))
             ]

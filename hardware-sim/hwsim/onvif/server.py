@@ -14,17 +14,38 @@ Simulator file (TOML)::
     clock_offset = 0            # camera clock minus host clock, seconds
     manufacturer = "Hikvision"  # identity answered by GetDeviceInformation
     model = "DS-2CD2T47"
+    personality = "lockout,slow-boot"   # presets, see below; explicit keys override them
+    lockout_after = 5                   # e.g. lock after 5 refused logins instead of 3
     [[cameras.script]]          # notifications sent after the first subscription
     at = 0.5
     topic = "tns1:VideoSource/MotionAlarm"
     source = { VideoSourceToken = "vs_1" }
     data = { State = "true" }
 
-Control endpoint (loopback only, JSON): ``GET /cameras``; ``POST /cameras/{name}/event``
+Personalities (``personality``, comma-separated; ``hwsim onvif --personality NAME``):
+
+=================  ===========================================================================
+``standard``       everything ONVIF Profile S/T clients expect (the default)
+``no-events``      no events service: GetServices and GetCapabilities do not list it, its
+                   address answers HTTP 404
+``auth-everything`` GetSystemDateAndTime needs a UsernameToken too (as some firmwares do)
+``basic-snapshots`` the snapshot URI answers only HTTP Basic authentication
+``lockout``        the account is locked for ``lockout_seconds`` (600) after
+                   ``lockout_after`` (3) refused logins in a row; a locked account refuses
+                   even the right password
+``slow-boot``      after a reboot or power-on the camera answers HTTP 503 for ``boot_time``
+                   (8) seconds before its services work
+``probe-unwrapped`` WS-Discovery replies with a ProbeMatch not wrapped in ProbeMatches
+=================  ===========================================================================
+
+Control endpoint (loopback only, JSON): ``GET /cameras``; ``GET /cameras/{name}`` (status,
+with ``refused_logins``: requests that carried credentials the camera refused, and
+``auth_failures``: every refused request); ``POST /cameras/{name}/event``
 ``{topic, data, source, key}``; ``POST /cameras/{name}/fault`` ``{operation, count}`` or
 ``{delay, operations, count}`` or ``{clear: true}``; ``POST /cameras/{name}/password``
-``{password}``; ``POST /cameras/{name}/expire``; ``POST /cameras/{name}/reboot``
-``{downtime}``; ``GET /cameras/{name}``.
+``{password}``; ``POST /cameras/{name}/unlock`` (end a lockout); ``POST
+/cameras/{name}/expire``; ``POST /cameras/{name}/reboot`` ``{downtime}``; ``POST
+/cameras/{name}/power`` ``{on: false|true}``.
 """
 
 from __future__ import annotations
@@ -38,7 +59,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hwsim.onvif.camera import CameraConfig, ScriptStep, SimCamera
+from hwsim.onvif.camera import CameraConfig, ScriptStep, SimCamera, personality_fields
 from hwsim.onvif.discovery import DiscoveryServer, Responder
 
 log = logging.getLogger("hwsim.onvif")
@@ -68,7 +89,11 @@ def camera_config(data: dict[str, Any], index: int = 0) -> CameraConfig:
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"cameras[{index}].script[{j}]: {exc}") from None
-    kwargs = {k: v for k, v in data.items() if k != "script"}
+    explicit = {k: v for k, v in data.items() if k != "script"}
+    try:
+        kwargs = personality_fields(str(explicit.get("personality", ""))) | explicit
+    except ValueError as exc:
+        raise ConfigError(f"cameras[{index}].personality: {exc}") from None
     if "name" not in kwargs:
         kwargs["name"] = f"cam{index + 1}"
     return CameraConfig(**kwargs, script=script)
@@ -129,7 +154,7 @@ class CameraGroup:
             def up(cam: SimCamera = cam) -> bool:
                 return cam.up
 
-            out.append(Responder(f"urn:uuid:{cam.uuid}", xaddr, scopes, up))
+            out.append(Responder(f"urn:uuid:{cam.uuid}", xaddr, scopes, up, discovery_variant=c.discovery_variant))
         return out
 
     async def __aenter__(self) -> CameraGroup:
@@ -179,6 +204,8 @@ class CameraGroup:
         r.add_post("/cameras/{name}/password", self._c_password)
         r.add_post("/cameras/{name}/expire", self._c_expire)
         r.add_post("/cameras/{name}/reboot", self._c_reboot)
+        r.add_post("/cameras/{name}/power", self._c_power)
+        r.add_post("/cameras/{name}/unlock", self._c_unlock)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self._control_port or 0)
@@ -245,4 +272,18 @@ class CameraGroup:
         cam = self._cam(request)
         body = await self._json(request)
         cam.reboot_later(float(body.get("downtime", 1.0)))
+        return web.json_response({"ok": True})
+
+    async def _c_power(self, request: web.Request) -> web.Response:
+        cam = self._cam(request)
+        body = await self._json(request)
+        on = body.get("on")
+        if not isinstance(on, bool):
+            raise web.HTTPBadRequest(text='{"error": "expected {\\"on\\": true|false}"}', content_type="application/json")
+        await cam.power(on)
+        return web.json_response({"ok": True, "up": cam.up, "port": cam.port})
+
+    async def _c_unlock(self, request: web.Request) -> web.Response:
+        cam = self._cam(request)
+        cam.unlock()
         return web.json_response({"ok": True})
