@@ -23,7 +23,7 @@ from __future__ import annotations
 import abc
 import argparse
 import struct
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -150,8 +150,29 @@ class WriteRejected(DriverError):
 class Bus(abc.ABC):
     """A bus hub: one per configured bus. Owns the client and serialises access to it."""
 
+    # set by the core when it runs the bus (see ``request_poll``)
+    poll_hook: Callable[[str], None] | None = None
+
     def __init__(self, spec: BusSpec) -> None:
         self.spec = spec
+
+    def request_poll(self, device_id: str) -> None:
+        """Ask the core to poll ``device_id`` now, ahead of its schedule and of any backoff
+        (e.g. the driver saw an offline device answer again, or its credentials changed).
+        A no-op when no core runs the bus (tests, scans)."""
+        hook = self.poll_hook
+        if hook is not None:
+            hook(device_id)
+
+    def notes(self, device_id: str) -> dict[str, str]:
+        """Short facts the driver learned about a device, shown by the local API and
+        ``edge-gateway devices`` (e.g. ``{"events": "unsupported: ..."}``, the detail of
+        the last failure). Keys and values are plain text; secrets never."""
+        return {}
+
+    def reloaded(self) -> None:
+        """The configuration was reloaded and this bus kept running (its settings did not
+        change): a driver waiting out a backoff of its own may retry now."""
 
     async def open(self) -> None:
         """Open the port or connection. Raise ``DriverError`` if it cannot be opened; the core

@@ -27,20 +27,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import datetime as dt
+import errno
 import logging
+import os
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from drivers.onvif import metrics, topics, xmlsafe
+from drivers.onvif import metrics, topics, tracelog, xmlsafe
 from drivers.onvif.discovery import DiscoveryError, ProbeMatch, parse_target, probe, xaddr_host_port
 from drivers.onvif.snapshots import SnapshotError, SnapshotStore
 from gateway.plugin import (
@@ -62,6 +65,8 @@ if TYPE_CHECKING:
     from lxml import etree
 
 log = logging.getLogger("drivers.onvif")
+tracelog.install()
+_T = TypeVar("_T")
 
 INFO_FIELDS = ("stream_uri", "snapshot_uri", "model", "firmware", "manufacturer", "serial", "hardware_id")
 NS_EVENTS = "http://www.onvif.org/ver10/events/wsdl"
@@ -94,7 +99,15 @@ class CameraAddress(StrictModel):
     subscription: Duration = Field(default=60.0, ge=10, le=86400, description="PullPoint lifetime")
     pull_timeout: Duration = Field(default=5.0, gt=0, le=60, description="PullMessages long-poll")
     message_limit: int = Field(default=50, ge=1, le=1000)
+    probe_interval: Duration = Field(
+        default=2.0, ge=0.2, le=60, description="while the camera does not answer: unauthenticated probe interval"
+    )
+    auth_backoff: Duration = Field(
+        default=30.0, ge=0.1, le=3600, description="pause after refused credentials (doubles per refusal)"
+    )
+    auth_backoff_max: Duration = Field(default=600.0, ge=0.1, le=86400, description="longest pause after refusals")
     snapshots: SnapshotStoreOptions = SnapshotStoreOptions()
+    _password_file: Path | None = PrivateAttr(default=None)
 
     @field_validator("host")
     @classmethod
@@ -102,6 +115,40 @@ class CameraAddress(StrictModel):
         if "/" in v or " " in v:
             raise ValueError("expected a host name or IP address (no scheme or path)")
         return v
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_password_file(cls, data: Any, handler: Any) -> Any:
+        inst = handler(data)
+        if isinstance(data, Mapping) and isinstance(inst, CameraAddress):
+            inst._password_file = secret_file(data.get("password"))
+        return inst
+
+    @property
+    def password_file(self) -> Path | None:
+        """The file the password was read from (``{ file = ... }`` or ``{ credential = ... }``),
+        re-read when the camera refuses it or the file changes; None for other sources."""
+        return self._password_file
+
+
+def secret_file(ref: Any) -> Path | None:
+    """The file behind a secret reference, when it is one."""
+    if isinstance(ref, Mapping) and len(ref) == 1:
+        ((key, name),) = ref.items()
+        if key == "file" and isinstance(name, str) and name:
+            return Path(name)
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if key == "credential" and isinstance(name, str) and name and cred_dir:
+            return Path(cred_dir) / name
+    return None
+
+
+def auth_retry_delay(refusals: int, base: float, cap: float, jitter: float) -> float:
+    """Pause after the ``refusals``-th refused login in a row: ``base`` doubling per refusal,
+    capped at ``cap``, times 0.9..1.0 (``jitter`` in 0..1). With the defaults (30 s, 10 min)
+    the attempts fall at 0, 27-30, 81-90, 189-210 and 405-450 s: four in the first five
+    minutes, then one every 9-10 minutes."""
+    return min(cap, base * 2.0 ** max(0, refusals - 1)) * (0.9 + 0.1 * min(1.0, max(0.0, jitter)))
 
 
 class OnvifPointAddress(StrictModel):
@@ -143,7 +190,9 @@ class OnvifPointAddress(StrictModel):
 
 class OnvifProfileOptions(StrictModel):
     snapshot_on: list[str] = Field(default_factory=list, description="event points that take a snapshot")
-    snapshot_auth: Literal["digest", "basic"] = "digest"
+    snapshot_auth: Literal["auto", "digest", "basic"] = Field(
+        default="auto", description="auto: answer the challenge the snapshot URI sends; digest/basic: only that one"
+    )
     snapshot_timeout: Duration = Field(default=3.0, gt=0, le=30)
     initial_states: Literal["changes", "all", "none"] = Field(
         default="changes",
@@ -166,52 +215,100 @@ def strip_credentials(uri: str | None) -> str | None:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+_NS_TER = "http://www.onvif.org/ver10/error"
+# reasons of a camera that does not answer (as opposed to one that refuses us): probed
+NETWORK_REASONS = frozenset({"timeout", "refused", "unreachable", "unavailable", "tls"})
+
+
+def _qname_text(q: Any) -> str:
+    """``ter:NotAuthorized`` for an ONVIF error QName, else the local name."""
+    text = str(getattr(q, "text", q) or "")
+    if text.startswith("{"):
+        ns, _, local = text[1:].partition("}")
+        return f"ter:{local}" if ns == _NS_TER else local
+    return text
+
+
+def fault_code(exc: Any) -> str:
+    """A zeep Fault's code and subcodes, e.g. ``Sender/ter:NotAuthorized``."""
+    subcodes = exc.subcodes if isinstance(exc.subcodes, list) else [exc.subcodes] if exc.subcodes else []
+    parts = [_qname_text(exc.code)] if exc.code else []
+    parts += [_qname_text(s) for s in subcodes if s is not None]
+    return "/".join(p for p in parts if p) or "?"
+
+
 def _is_auth_fault(exc: BaseException) -> bool:
     from zeep.exceptions import Fault
 
     if not isinstance(exc, Fault):
         return False
-    subcodes = exc.subcodes if isinstance(exc.subcodes, list) else [exc.subcodes]
-    parts = [exc.message, exc.code, *(getattr(s, "text", s) for s in subcodes)]
-    text = " ".join(str(x) for x in parts if x is not None)
-    return "NotAuthorized" in text or "auth" in text.lower() or "Unauthorized" in text
+    text = f"{fault_code(exc)} {exc.message or ''}"
+    return "NotAuthorized" in text or "Unauthorized" in text or "auth" in text.lower()
 
 
-def classify(exc: BaseException) -> DriverError:
-    """Map a client-side exception onto the driver's bounded reasons."""
+def classify(exc: BaseException, op: str = "", timeout: float | None = None) -> DriverError:
+    """Map a client-side exception onto the driver's bounded reasons, with a detail that
+    says what happened: the operation, the HTTP status, the SOAP fault code, the time
+    waited, the address refused, the TLS error."""
+    import ssl
+
     import aiohttp
     from zeep.exceptions import Fault, TransportError, XMLParseError
 
+    pre = f"{op}: " if op else ""
     if isinstance(exc, DriverError):
         return exc
     if isinstance(exc, TimeoutError):
-        return DeviceUnavailable("timeout", "camera did not answer in time")
+        waited = f" within {timeout:g} s" if timeout else " in time"
+        return DeviceUnavailable("timeout", f"{pre}no answer{waited}")
     if isinstance(exc, Fault):
+        text = f"SOAP fault {fault_code(exc)}: {exc.message}"[:300]
         if _is_auth_fault(exc):
-            return DeviceUnavailable("auth", f"camera refused the credentials ({exc.message})")
-        return DriverError("soap_fault", str(exc.message)[:200])
-    if isinstance(exc, aiohttp.ClientConnectorError | ConnectionError | aiohttp.ServerDisconnectedError):
-        return DeviceUnavailable("unreachable", str(exc)[:200])
+            return DeviceUnavailable("auth", f"{pre}the camera refused the credentials: {text}")
+        return DriverError("soap_fault", f"{pre}{text}")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError | ssl.SSLError):
+        return DeviceUnavailable("tls", f"{pre}TLS: {exc}"[:300])
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        where = f"{exc.host}:{exc.port}"
+        os_err = exc.os_error
+        if isinstance(os_err, ConnectionRefusedError) or getattr(os_err, "errno", None) == errno.ECONNREFUSED:
+            return DeviceUnavailable("refused", f"{pre}connection refused by {where} (camera off, booting, or ONVIF on another port)")
+        why = getattr(os_err, "strerror", None) or str(os_err)
+        return DeviceUnavailable("unreachable", f"{pre}cannot connect to {where}: {why}"[:300])
+    if isinstance(exc, ConnectionRefusedError):
+        return DeviceUnavailable("refused", f"{pre}connection refused ({exc})"[:300])
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return DeviceUnavailable("unreachable", f"{pre}the camera closed the connection without answering")
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return DeviceUnavailable("unreachable", str(exc)[:200])
+        return DeviceUnavailable("unreachable", f"{pre}{type(exc).__name__}: {exc}"[:300])
     if isinstance(exc, TransportError):
-        if getattr(exc, "status_code", 0) in (401, 403):
-            return DeviceUnavailable("auth", f"HTTP {exc.status_code}")
-        return DriverError("protocol", f"HTTP {getattr(exc, 'status_code', '?')}")
+        status = getattr(exc, "status_code", 0) or 0
+        if status in (401, 403):
+            return DeviceUnavailable("auth", f"{pre}the camera refused the credentials: HTTP {status}")
+        if status in (502, 503, 504):
+            return DeviceUnavailable("unavailable", f"{pre}HTTP {status} (the camera is starting or busy)")
+        return DriverError("protocol", f"{pre}HTTP {status or '?'}")
     if isinstance(exc, XMLParseError):
-        return DriverError("protocol", f"unparsable answer: {exc}"[:200])
+        return DriverError("protocol", f"{pre}unparsable answer: {exc}"[:300])
     from onvif.exceptions import ONVIFAuthError, ONVIFError, ONVIFTimeoutError
 
     if isinstance(exc, ONVIFAuthError):
-        return DeviceUnavailable("auth", str(exc)[:200])
+        return DeviceUnavailable("auth", f"{pre}{exc}"[:300])
     if isinstance(exc, ONVIFTimeoutError):
-        return DeviceUnavailable("timeout", str(exc)[:200])
+        return DeviceUnavailable("timeout", f"{pre}{exc}"[:300])
     if isinstance(exc, ONVIFError):
         cause = exc.__cause__
         if cause is not None and cause is not exc:
-            return classify(cause)
-        return DriverError("protocol", str(exc)[:200])
-    return DriverError("protocol", f"{type(exc).__name__}: {exc}"[:200])
+            return classify(cause, op, timeout)
+        return DriverError("protocol", f"{pre}{exc}"[:300])
+    return DriverError("protocol", f"{pre}{type(exc).__name__}: {exc}"[:300])
+
+
+class EventsUnsupported(DriverError):
+    """The camera has no (PullPoint) events service; not retried."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("events_unsupported", detail)
 
 
 @dataclass
@@ -368,7 +465,14 @@ async def release_service(cam: Any, name: str, port_type: str | None = None) -> 
 
 
 class OnvifBus(Bus):
-    """One camera."""
+    """One camera.
+
+    Every request of the camera goes through one gate: after the camera refused the
+    credentials, nothing that would log in is sent until the pause (``auth_backoff``,
+    doubling up to ``auth_backoff_max``) is over -- unless the password file changes or the
+    configuration is reloaded, which retry at once. While the camera does not answer at
+    all, an unauthenticated GetSystemDateAndTime probes it every ``probe_interval`` and asks
+    the core for an immediate poll as soon as it answers again."""
 
     def __init__(self, spec: BusSpec) -> None:
         super().__init__(spec)
@@ -389,6 +493,24 @@ class OnvifBus(Bus):
         self._sub_service: Any = None
         self._events_wakeup = asyncio.Event()
         self._checked_gen = -1
+        # credentials and the login gate
+        self._password = self.opts.password.get_secret_value()
+        self._client_password = self._password
+        self._pw_sig: tuple[int, int, int] | None = self._file_sig()
+        self._auth_streak = 0  # refused logins in a row
+        self._auth_until = 0.0  # monotonic; no login before
+        self._auth_detail = ""
+        self._gate_changed = asyncio.Event()
+        # what the camera offers, how it failed last
+        self._events_note: str | None = None
+        self._failure: DriverError | None = None
+        self._back = asyncio.Event()  # the probe saw the camera answer again
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._probing = False
+        self._watching = False
+        self._snap_session: Any = None
+        self._snap_scheme: str | None = None
+        self._logged_basic = False
 
     # ------------------------------------------------------------------ plumbing
 
@@ -418,6 +540,13 @@ class OnvifBus(Bus):
     async def close(self) -> None:
         self._closed = True
         self._events_wakeup.set()
+        self._gate_changed.set()
+        self._back.set()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         sub = self._sub_service
         self._sub_service = None
         if sub is not None:
@@ -425,6 +554,45 @@ class OnvifBus(Bus):
                 async with asyncio.timeout(min(2.0, self.opts.timeout)):
                     await sub.Unsubscribe()
         await self._drop(self._generation)
+        if self._snap_session is not None:
+            session, self._snap_session = self._snap_session, None
+            with contextlib.suppress(Exception):
+                await session.close()
+
+    def notes(self, device_id: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if not self.opts.events:
+            out["events"] = "off (events = false)"
+        elif self._events_note is not None:
+            out["events"] = self._events_note
+        if self._failure is not None:
+            out["error"] = f"{self._failure.reason}: {self._failure.detail}"
+        left = self._auth_until - time.monotonic()
+        if left > 0:
+            out["login"] = (
+                f"paused for {left:.0f} s after {self._auth_streak} refused login(s); "
+                "a changed credential or a reload retries at once"
+            )
+        return out
+
+    def reloaded(self) -> None:
+        if self._auth_until:
+            log.info("camera %s: configuration reloaded; logging in again now", self.spec.name)
+        self._reread_password(force=True)
+        self._open_gate()
+        self._back.set()
+        if self._failure is not None and self.device is not None:
+            self.request_poll(self.device.id)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(f"{name}:{self.spec.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _wake_core(self) -> None:
+        if self.device is not None:
+            self.request_poll(self.device.id)
 
     async def _drop(self, generation: int) -> None:
         """Forget the client of ``generation`` (no-op when another task reconnected)."""
@@ -441,39 +609,193 @@ class OnvifBus(Bus):
         async with self._lock:
             if self._closed:
                 raise DeviceUnavailable("closed", "bus is closed")
+            self._auth_check()
+            if self._cam is not None and self._client_password != self._password:
+                await self._drop(self._generation)  # built with the old password
             if self._cam is None:
                 await self._connect()
             return self._cam, self._generation
 
+    async def _soap(self, op: str, call: Awaitable[_T], timeout: float, *, login: bool = True) -> _T:
+        """One SOAP request, bounded; failures classified with the operation's name. A
+        refusal of the credentials closes the login gate (``login=False``: the request
+        carried none, so it was no login)."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await call
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            err = classify(exc, op, timeout)
+            if err.reason == "auth" and login:
+                self._auth_refused(err)
+            raise err from exc
+
+    # ------------------------------------------------------------------ credentials and the login gate
+
+    def _file_sig(self) -> tuple[int, int, int] | None:
+        path = self.opts.password_file
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _reread_password(self, force: bool = False) -> bool:
+        """Re-read the password file when it changed (or ``force``); True when the password
+        is now different (the gate is then open again)."""
+        path = self.opts.password_file
+        if path is None:
+            return False
+        sig = self._file_sig()
+        if sig is None or (sig == self._pw_sig and not force):
+            return False
+        self._pw_sig = sig
+        try:
+            password = path.read_text("utf-8").rstrip("\r\n")
+        except OSError as exc:
+            log.warning("camera %s: cannot re-read the password file %s: %s", self.spec.name, path, exc.strerror)
+            return False
+        if password == self._password:
+            return False
+        self._password = password
+        log.info("camera %s: the password in %s changed; logging in again", self.spec.name, path)
+        self._open_gate()
+        self._back.set()
+        self._wake_core()
+        return True
+
+    def _open_gate(self) -> None:
+        self._auth_until = 0.0
+        self._auth_streak = 0
+        self._gate_changed.set()
+
+    def _auth_check(self) -> None:
+        """Raise ``DeviceUnavailable("auth")`` without sending anything while logins are paused."""
+        if not self._auth_until:
+            return
+        self._reread_password()
+        left = self._auth_until - time.monotonic()
+        if left > 0:
+            raise DeviceUnavailable(
+                "auth",
+                f"{self._auth_detail}; next login attempt in {left:.0f} s "
+                "(at once when the credential changes or on reload)",
+            )
+
+    def _auth_refused(self, err: DriverError) -> None:
+        """The camera refused the credentials: count it, pause every login of this camera."""
+        metrics.AUTH_FAILURES.labels(self.spec.name).inc()
+        now = time.monotonic()
+        if now < self._auth_until:
+            return  # a request that was already under way when the gate closed
+        if self._reread_password(force=True):
+            return  # the file already holds another password: try that one now
+        o = self.opts
+        self._auth_streak += 1
+        pause = auth_retry_delay(self._auth_streak, o.auth_backoff, o.auth_backoff_max, random.random())
+        self._auth_until = now + pause
+        self._auth_detail = err.detail
+        self._gate_changed.set()
+        log.warning(
+            "camera %s: login as %r refused (%s); no request is sent to the camera for "
+            "%.0f s (refusal %d in a row; pauses double up to %.0f s so the camera does not lock the "
+            "account); a changed credential or a reload retries at once",
+            self.spec.name, o.username, err.detail, pause, self._auth_streak, o.auth_backoff_max,
+        )
+        if o.password_file is not None and not self._watching:
+            self._watching = True
+            self._spawn(self._watch_password(), "onvif-password")
+
+    async def _watch_password(self) -> None:
+        """While logins are paused: notice a changed password file within a second."""
+        try:
+            while not self._closed and time.monotonic() < self._auth_until:
+                await asyncio.sleep(1.0)
+                self._reread_password()
+        finally:
+            self._watching = False
+
+    async def _wait_gate(self) -> None:
+        """Sleep until logins may be tried again (or the credential changes, or close)."""
+        while not self._closed:
+            left = self._auth_until - time.monotonic()
+            if left <= 0:
+                return
+            self._gate_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._gate_changed.wait()
+
+    # ------------------------------------------------------------------ failures and probing
+
+    def _failed(self, err: DriverError) -> None:
+        """Remember (and say once, at info, with its detail) why the camera fails; probe a
+        camera that does not answer."""
+        old = self._failure
+        self._failure = err
+        if err.reason == "closed":
+            return
+        if old is None or old.reason != err.reason:
+            if err.reason != "auth":  # the gate already said it, with its schedule
+                what = "does not answer" if err.reason in NETWORK_REASONS else "fails"
+                log.info("camera %s: %s: %s (%s)", self.spec.name, what, err.reason, err.detail)
+        if err.reason in NETWORK_REASONS and not self._probing and not self._closed:
+            self._probing = True
+            self._back.clear()
+            self._spawn(self._probe(), "onvif-probe")
+
+    def _answered(self) -> None:
+        if self._failure is not None:
+            log.info("camera %s: answering again", self.spec.name)
+        self._failure = None
+
+    async def _probe(self) -> None:
+        """Unauthenticated GetSystemDateAndTime every ``probe_interval`` until the camera
+        answers; then the core polls at once (and the event loop reconnects)."""
+        import aiohttp
+
+        o = self.opts
+        url = f"http://{o.host if ':' not in o.host else f'[{o.host}]'}:{o.port}/onvif/device_service"
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?><s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope">'
+            '<s:Body><GetSystemDateAndTime xmlns="http://www.onvif.org/ver10/device/wsdl"/></s:Body></s:Envelope>'
+        )
+        headers = {"Content-Type": "application/soap+xml; charset=utf-8"}
+        try:
+            async with aiohttp.ClientSession() as session:
+                while not self._closed and self._failure is not None and self._failure.reason in NETWORK_REASONS:
+                    await asyncio.sleep(o.probe_interval)
+                    try:
+                        wait = min(o.timeout, max(1.0, o.probe_interval))
+                        async with session.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=wait)) as r:
+                            await r.read()
+                            status = r.status
+                    except (aiohttp.ClientError, OSError, TimeoutError):
+                        continue
+                    if status in (502, 503, 504):
+                        continue  # up, but its services are not (booting)
+                    log.debug("camera %s: probe answered (HTTP %d)", self.spec.name, status)
+                    self._back.set()
+                    self._wake_core()
+                    return
+        finally:
+            self._probing = False
+
+    # ------------------------------------------------------------------ connecting
+
     async def _connect(self) -> None:
         onvif = _onvif()
         o = self.opts
-        cam = onvif.ONVIFCamera(
-            o.host,
-            o.port,
-            o.username,
-            o.password.get_secret_value(),
-            no_cache=True,
-            adjust_time=True,
-        )
+        password = self._password
+        cam = onvif.ONVIFCamera(o.host, o.port, o.username, password, no_cache=True, adjust_time=True)
         try:
             await load_documents(cam.wsdl_dir)
-            async with asyncio.timeout(o.timeout * 3):
-                await cam.update_xaddrs()  # GetSystemDateAndTime, GetServices | GetCapabilities
-            diff = cam.dt_diff
-            self.skew = diff.total_seconds() if isinstance(diff, dt.timedelta) else 0.0
-            metrics.CLOCK_SKEW.labels(self.spec.name).set(self.skew)
-            if abs(self.skew) > 5 and not self._logged_skew:
-                self._logged_skew = True
-                log.warning(
-                    "camera %s: clock is %+.0f s off the gateway's; requests are signed on the "
-                    "camera's clock (set NTP on the camera)",
-                    self.spec.name,
-                    self.skew,
-                )
-            async with asyncio.timeout(o.timeout * 2):
-                devicemgmt = await cam.create_devicemgmt_service()
-                info = await devicemgmt.GetDeviceInformation()
+            await self._discover(cam)
+            devicemgmt = await cam.create_devicemgmt_service()
+            info = await self._soap("GetDeviceInformation", devicemgmt.GetDeviceInformation(), o.timeout)
             ident = Identity(
                 manufacturer=str(info.Manufacturer or ""),
                 model=str(info.Model or ""),
@@ -490,31 +812,111 @@ class OnvifBus(Bus):
                 raise
             raise classify(exc) from exc
         self._cam = cam
+        self._client_password = password
         self._generation += 1
         self.identity = ident
+        self._auth_streak = 0
+        self._auth_until = 0.0
         log.info(
             "camera %s: connected (%s %s, firmware %s)", self.spec.name, ident.manufacturer, ident.model, ident.firmware
         )
 
-    async def _media(self, cam: Any, ident: Identity) -> None:
-        from zeep.exceptions import Fault
+    async def _discover(self, cam: Any) -> None:
+        """Camera clock, then its services: GetServices, else GetCapabilities. A refusal of
+        the credentials ends it at once (no second login with another operation)."""
+        from onvif.util import normalize_url
 
         o = self.opts
+        devicemgmt = await cam.create_devicemgmt_service()
         try:
-            async with asyncio.timeout(o.timeout * 2):
-                media = await cam.create_media_service()
-                profiles = await media.GetProfiles()
-        except Fault as exc:
-            if _is_auth_fault(exc):
+            clock = await self._soap("GetSystemDateAndTime", devicemgmt.authless_GetSystemDateAndTime(), o.timeout, login=False)
+        except DriverError as err:
+            if err.reason != "auth":
                 raise
-            log.warning("camera %s: no media profiles (%s)", self.spec.name, exc.message)
-            return
-        except Exception as exc:
-            from onvif.exceptions import ONVIFError
+            # some firmwares want credentials even for the clock: signed with the gateway's
+            clock = await self._soap("GetSystemDateAndTime", devicemgmt.GetSystemDateAndTime(), o.timeout)
+        utc = getattr(clock, "UTCDateTime", None)
+        if utc is not None:
+            with contextlib.suppress(TypeError, ValueError, AttributeError):
+                cam_time = dt.datetime(
+                    utc.Date.Year, utc.Date.Month, utc.Date.Day, utc.Time.Hour, utc.Time.Minute, utc.Time.Second, tzinfo=dt.UTC
+                )
+                cam.dt_diff = cam_time - dt.datetime.now(dt.UTC)
+                await release_service(cam, "devicemgmt")  # created again, signing on the camera's clock
+                devicemgmt = await cam.create_devicemgmt_service()
+        diff = cam.dt_diff
+        self.skew = diff.total_seconds() if isinstance(diff, dt.timedelta) else 0.0
+        metrics.CLOCK_SKEW.labels(self.spec.name).set(self.skew)
+        if abs(self.skew) > 5 and not self._logged_skew:
+            self._logged_skew = True
+            log.warning(
+                "camera %s: clock is %+.0f s off the gateway's; requests are signed on the "
+                "camera's clock (set NTP on the camera)",
+                self.spec.name,
+                self.skew,
+            )
+        cam.xaddrs = {}
+        source = "GetServices"
+        pullpoint: bool | None = None
+        try:
+            services = await self._soap("GetServices", devicemgmt.GetServices({"IncludeCapability": False}), o.timeout)
+        except DriverError as err:
+            if isinstance(err, DeviceUnavailable):
+                raise
+            services = None  # older firmware: GetCapabilities instead
+        for svc in services or []:
+            ns, xaddr = getattr(svc, "Namespace", None), getattr(svc, "XAddr", None)
+            if ns and xaddr:
+                cam.xaddrs[str(ns)] = normalize_url(str(xaddr))
+        if not cam.xaddrs:
+            source = "GetCapabilities"
+            caps = await self._soap("GetCapabilities", devicemgmt.GetCapabilities({"Category": "All"}), o.timeout)
+            onvif = _onvif()
+            for name in caps or []:
+                cap = caps[name]
+                if cap is None or name.lower() not in onvif.SERVICES:
+                    continue
+                with contextlib.suppress(KeyError, TypeError, AttributeError):
+                    cam.xaddrs[onvif.SERVICES[name.lower()]["ns"]] = normalize_url(str(cap["XAddr"]))
+                if name == "Events":
+                    pullpoint = getattr(cap, "WSPullPointSupport", None)
+        if NS_EVENTS not in cam.xaddrs:
+            self._set_events(False, f"unsupported: the camera lists no events service ({source})")
+        elif pullpoint is False:
+            self._set_events(False, "unsupported: the events service has no PullPoint support (GetCapabilities)")
+        else:
+            self._set_events(True, "supported (PullPoint)")
 
-            if isinstance(exc, ONVIFError) and "doesn`t support service" in str(exc):
-                return  # camera without a media service (e.g. an I/O box)
-            raise
+    def _set_events(self, supported: bool, note: str) -> None:
+        metrics.EVENTS_SUPPORTED.labels(self.spec.name).set(1 if supported else 0)
+        was = self._events_note
+        self._events_note = note
+        if not supported and (was is None or not was.startswith("unsupported")):
+            log.info(
+                "camera %s: events are not supported (%s); identity, status and snapshot URIs only, "
+                "no event service request is sent",
+                self.spec.name,
+                note.removeprefix("unsupported: "),
+            )
+        elif supported and was is not None and was.startswith("unsupported"):
+            log.info("camera %s: events are offered again", self.spec.name)
+            self._events_wakeup.set()
+
+    @property
+    def events_supported(self) -> bool:
+        return self._events_note is None or not self._events_note.startswith("unsupported")
+
+    async def _media(self, cam: Any, ident: Identity) -> None:
+        o = self.opts
+        try:
+            media = await cam.create_media_service()
+            profiles = await self._soap("GetProfiles", media.GetProfiles(), o.timeout)
+        except DriverError as err:
+            if isinstance(err, DeviceUnavailable):
+                raise
+            if err.reason == "soap_fault":
+                log.warning("camera %s: no media profiles (%s)", self.spec.name, err.detail)
+            return  # e.g. an I/O box without a media service
         tokens = [p.token for p in profiles or []]
         if not tokens:
             return
@@ -526,39 +928,43 @@ class OnvifBus(Bus):
         else:
             raise DriverError("config", f"media profile {want!r} not on the camera (has {tokens})")
         ident.profile_token = token
-        async with asyncio.timeout(o.timeout * 2):
-            try:
-                r = await media.GetStreamUri(
-                    {"StreamSetup": {"Stream": "RTP-Unicast", "Transport": {"Protocol": "RTSP"}}, "ProfileToken": token}
-                )
-                ident.stream_uri = strip_credentials(str(r.Uri))
-            except Fault as exc:
-                if _is_auth_fault(exc):
-                    raise
-                log.warning("camera %s: GetStreamUri failed: %s", self.spec.name, exc.message)
-            try:
-                s = await media.GetSnapshotUri({"ProfileToken": token})
-                ident.snapshot_uri = strip_credentials(str(s.Uri))
-            except Fault as exc:
-                if _is_auth_fault(exc):
-                    raise
-                log.info("camera %s: no snapshot URI: %s", self.spec.name, exc.message)
+        try:
+            r = await self._soap(
+                "GetStreamUri",
+                media.GetStreamUri({"StreamSetup": {"Stream": "RTP-Unicast", "Transport": {"Protocol": "RTSP"}}, "ProfileToken": token}),
+                o.timeout,
+            )
+            ident.stream_uri = strip_credentials(str(r.Uri))
+        except DriverError as err:
+            if isinstance(err, DeviceUnavailable):
+                raise
+            log.warning("camera %s: no stream URI: %s", self.spec.name, err.detail)
+        try:
+            s = await self._soap("GetSnapshotUri", media.GetSnapshotUri({"ProfileToken": token}), o.timeout)
+            ident.snapshot_uri = strip_credentials(str(s.Uri))
+        except DriverError as err:
+            if isinstance(err, DeviceUnavailable):
+                raise
+            log.info("camera %s: no snapshot URI: %s", self.spec.name, err.detail)
 
     # ------------------------------------------------------------------ polling
 
     async def read(self, device: DeviceSpec, points: Sequence[PointSpec]) -> Reading:
-        cam, gen = await self._client()
-        if self._checked_gen == gen:  # connected at an earlier poll: check it still answers
-            try:
-                async with asyncio.timeout(self.opts.timeout):
+        try:
+            cam, gen = await self._client()
+            if self._checked_gen == gen:  # connected at an earlier poll: check it still answers
+                try:
                     devicemgmt = await cam.create_devicemgmt_service()
-                    info = await devicemgmt.GetDeviceInformation()
+                    info = await self._soap("GetDeviceInformation", devicemgmt.GetDeviceInformation(), self.opts.timeout)
+                except Exception as exc:
+                    await self._drop(gen)
+                    raise classify(exc) from exc
                 assert self.identity is not None
                 self.identity.firmware = str(info.FirmwareVersion or self.identity.firmware)
-            except Exception as exc:
-                err = classify(exc)
-                await self._drop(gen)
-                raise err from exc
+        except DriverError as err:
+            self._failed(err)
+            raise
+        self._answered()
         self._checked_gen = gen
         values = self.identity.values() if self.identity else {}
         reading = Reading(tsd=round(time.time() + self.skew, 3), requests=1)
@@ -584,37 +990,62 @@ class OnvifBus(Bus):
         backoff = 1.0
         reason = "start"
         while not self._closed:
-            if self.device is None or not self._table:
+            if self.device is None or not self._table or not self.events_supported:
                 self._events_wakeup.clear()
-                await self._events_wakeup.wait()  # attach() or close() wakes us
+                await self._events_wakeup.wait()  # attach(), close() or a reconnect wakes us
                 continue
             try:
                 gen = await self._subscribe(reason)
+            except EventsUnsupported:
+                continue  # said once by _set_events; waits above
             except DriverError as err:
-                log.debug("camera %s: cannot subscribe: %s", self.spec.name, err)
-                await asyncio.sleep(backoff * (0.8 + 0.4 * random.random()))
+                if err.reason == "closed":
+                    return
+                if err.reason == "auth":
+                    await self._wait_gate()  # no login before the gate opens
+                    reason = "reconnect"
+                    continue
+                if err.reason in NETWORK_REASONS:
+                    self._failed(err)
+                    self._wake_core()  # the core reports it offline now, not at its next poll
+                else:
+                    log.debug("camera %s: cannot subscribe: %s", self.spec.name, err)
+                self._back.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(backoff * (0.8 + 0.4 * random.random())):
+                        await self._back.wait()  # the probe saw it answer: at once
                 backoff = min(backoff * 2, 30.0)
                 reason = "reconnect"
                 continue
             backoff = 1.0
+            if self._failure is not None:
+                self._wake_core()  # reconnected here first: the core polls now
             async for event in self._pull(gen):
                 yield event
             reason = self._last_end_reason
 
     async def _subscribe(self, reason: str) -> int:
         cam, gen = await self._client()
+        if not self.events_supported:
+            raise EventsUnsupported(self._events_note or "")
         o = self.opts
         try:
-            async with asyncio.timeout(o.timeout * 2):
-                events = await cam.create_events_service()
-                res = await events.CreatePullPointSubscription({"InitialTerminationTime": f"PT{int(o.subscription)}S"})
-                address = res.SubscriptionReference.Address._value_1
-                cam.xaddrs[PULLPOINT_KEY] = cam.rewrite_url(str(address).strip())
-                self._pull_service = await cam.create_pullpoint_service()
-                self._sub_service = await cam.create_subscription_service("PullPointSubscription")
+            events = await cam.create_events_service()
+            res = await self._soap(
+                "CreatePullPointSubscription",
+                events.CreatePullPointSubscription({"InitialTerminationTime": f"PT{int(o.subscription)}S"}),
+                o.timeout,
+            )
+            address = res.SubscriptionReference.Address._value_1
+            cam.xaddrs[PULLPOINT_KEY] = cam.rewrite_url(str(address).strip())
+            self._pull_service = await cam.create_pullpoint_service()
+            self._sub_service = await cam.create_subscription_service("PullPointSubscription")
             await release_service(cam, "events")  # only needed again for the next subscription
         except Exception as exc:
-            err = classify(exc)
+            err = classify(exc, "CreatePullPointSubscription")
+            if "ActionNotSupported" in err.detail or "HTTP 404" in err.detail or "HTTP 405" in err.detail:
+                self._set_events(False, f"unsupported: {err.detail}")
+                raise EventsUnsupported(err.detail) from exc
             if isinstance(err, DeviceUnavailable):
                 await self._drop(gen)
             raise err from exc
@@ -655,9 +1086,14 @@ class OnvifBus(Bus):
                     return
                 failures += 1
                 log.debug("camera %s: PullMessages failed: %s", self.spec.name, fault)
-                if fault.reason in ("unreachable", "timeout", "auth") or failures >= 3:
+                if fault.reason == "auth":
+                    self._auth_refused(DeviceUnavailable("auth", f"PullMessages: {fault.detail}"))
+                if fault.reason in NETWORK_REASONS or fault.reason == "auth" or failures >= 3:
                     self._last_end_reason = "error"
                     await self._drop(gen)
+                    if fault.reason in NETWORK_REASONS:
+                        self._failed(DeviceUnavailable(fault.reason, f"PullMessages: {fault.detail}"))
+                    self._wake_core()  # the core reports it now, not at its next poll
                     return
                 await asyncio.sleep(min(2.0 * failures, 10.0))
                 continue
@@ -685,7 +1121,7 @@ class OnvifBus(Bus):
             async with asyncio.timeout(o.pull_timeout + o.timeout):
                 resp = await svc.transport.post_xml(svc.xaddr, envelope, headers)
         except Exception as exc:
-            err = classify(exc)
+            err = classify(exc, "PullMessages", o.pull_timeout + o.timeout)
             raise PullFault(err.reason, err.detail) from exc
         return parse_pull_response(resp.status_code, resp.content)
 
@@ -694,11 +1130,10 @@ class OnvifBus(Bus):
         if sub is None:
             return False
         try:
-            async with asyncio.timeout(self.opts.timeout):
-                res = await sub.Renew(f"PT{int(self.opts.subscription)}S")
-        except Exception as exc:
+            res = await self._soap("Renew", sub.Renew(f"PT{int(self.opts.subscription)}S"), self.opts.timeout)
+        except DriverError as err:
             metrics.RENEWALS.labels(self.spec.name, "failed").inc()
-            log.info("camera %s: Renew failed (%s); subscribing again", self.spec.name, classify(exc))
+            log.info("camera %s: Renew failed (%s: %s); subscribing again", self.spec.name, err.reason, err.detail)
             return False
         metrics.RENEWALS.labels(self.spec.name, "ok").inc()
         self._lifetime = self._remaining(getattr(res, "CurrentTime", None), getattr(res, "TerminationTime", None))
@@ -748,36 +1183,100 @@ class OnvifBus(Bus):
             attrs["initial"] = True
         return RawEvent(device_id=self.device.id, point=resolved.point, value=ev.active, attrs=attrs, tsd=ev.tsd)
 
+    # ------------------------------------------------------------------ snapshots
+
     async def _attach_snapshot(self, ev: RawEvent) -> None:
         bus = self.spec.name
-        store, cam, ident = self._store, self._cam, self.identity
-        if store is None or cam is None or ident is None or ident.profile_token is None:
+        store, ident = self._store, self.identity
+        if store is None or ident is None:
             return
-        opts = self.profile_options
         attrs = ev.attrs if ev.attrs is not None else {}
         try:
-            try:
-                async with asyncio.timeout(opts.snapshot_timeout):
-                    data = await cam.get_snapshot(
-                        ident.profile_token, basic_auth=opts.snapshot_auth == "basic", timeout=opts.snapshot_timeout
-                    )
-            finally:
-                await release_service(cam, "media")  # created when the snapshot URI was not known yet
-            if data is None:
-                raise SnapshotError("failed", "camera answered without an image")
+            if not ident.snapshot_uri:
+                raise SnapshotError("failed", "the camera has no snapshot URI")
+            data = await self._fetch_snapshot(ident.snapshot_uri)
             ref = await asyncio.to_thread(store.save, ev.device_id, data)
         except SnapshotError as exc:
             metrics.SNAPSHOTS.labels(bus, exc.reason).inc()
             attrs["snapshot_error"] = exc.reason
+            log.info("camera %s: snapshot %s: %s", bus, exc.reason, exc.detail)
         except Exception as exc:
-            err = classify(exc)
-            metrics.SNAPSHOTS.labels(bus, err.reason if err.reason == "auth" else "failed").inc()
-            attrs["snapshot_error"] = err.reason
-            log.info("camera %s: snapshot failed: %s", bus, err)
+            err = classify(exc, "snapshot", self.profile_options.snapshot_timeout)
+            metrics.SNAPSHOTS.labels(bus, "failed").inc()
+            attrs["snapshot_error"] = "failed"
+            log.info("camera %s: snapshot failed: %s (%s)", bus, err.reason, err.detail)
         else:
             metrics.SNAPSHOTS.labels(bus, "stored").inc()
             attrs["snapshot"] = ref
         ev.attrs = attrs
+
+    async def _fetch_snapshot(self, uri: str) -> bytes:
+        """GET the snapshot URI answering the challenge the camera sends (Digest preferred
+        when it offers both; the scheme that worked is used directly next time)."""
+        import aiohttp
+
+        opts = self.profile_options
+        if self._auth_until and time.monotonic() < self._auth_until:
+            raise SnapshotError("auth", "logins to this camera are paused after refused credentials")
+        if self._snap_session is None:
+            self._snap_session = aiohttp.ClientSession()
+        session = self._snap_session
+        timeout = aiohttp.ClientTimeout(total=opts.snapshot_timeout)
+        user, password = self.opts.username, self._password
+        scheme = self._snap_scheme
+        for _ in range(3):
+            kwargs: dict[str, Any] = {}
+            if scheme == "digest":
+                kwargs["middlewares"] = (aiohttp.DigestAuthMiddleware(user, password),)
+            elif scheme == "basic":
+                token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+                kwargs["headers"] = {"Authorization": f"Basic {token}"}
+            async with session.get(uri, timeout=timeout, **kwargs) as resp:
+                if resp.status == 401:
+                    offered = _challenge_schemes(resp.headers.getall("WWW-Authenticate", []))
+                    if scheme in offered:
+                        self._snap_scheme = None
+                        self._auth_refused(DeviceUnavailable("auth", f"snapshot: HTTP 401 to {scheme} credentials"))
+                        raise SnapshotError("auth", f"the camera refused the {scheme} credentials (HTTP 401)")
+                    scheme = _pick_scheme(offered, opts.snapshot_auth)
+                    if scheme is None:
+                        raise SnapshotError(
+                            "auth",
+                            f"the snapshot URI asks for {' or '.join(sorted(offered)) or 'an unknown'} authentication; "
+                            f"the profile allows only {opts.snapshot_auth} (snapshot_auth)",
+                        )
+                    if scheme == "basic" and uri.startswith("http:") and not self._logged_basic:
+                        self._logged_basic = True
+                        log.info(
+                            "camera %s: its snapshot URI asks for HTTP Basic authentication over plain HTTP: "
+                            "the password crosses the network readable (prefer digest on the camera)",
+                            self.spec.name,
+                        )
+                    continue
+                if resp.status >= 400:
+                    raise SnapshotError("failed", f"HTTP {resp.status} from the snapshot URI")
+                data: bytes = await resp.read()
+                self._snap_scheme = scheme
+                return data
+        raise SnapshotError("auth", "no authentication scheme of the snapshot URI worked")
+
+
+def _challenge_schemes(headers: Sequence[str]) -> set[str]:
+    """Schemes of ``WWW-Authenticate`` headers that the driver can answer."""
+    out: set[str] = set()
+    for h in headers:
+        for part in h.split(","):
+            word = part.strip().split(" ", 1)[0].lower()
+            if word in ("digest", "basic") and "=" not in word:
+                out.add(word)
+    return out
+
+
+def _pick_scheme(offered: set[str], allowed: str) -> str | None:
+    for scheme in ("digest", "basic"):
+        if scheme in offered and allowed in ("auto", scheme):
+            return scheme
+    return None
 
 
 # --------------------------------------------------------------------------- driver
@@ -827,7 +1326,10 @@ class OnvifDriver(Driver):
         except DiscoveryError as exc:
             raise DriverError("config", str(exc)) from None
         multicast = not targets or bool(getattr(args, "multicast", False))
-        result = await probe(targets, multicast=multicast, interface=getattr(args, "interface", None), wait=float(args.timeout))
+        try:
+            result = await probe(targets, multicast=multicast, interface=getattr(args, "interface", None), wait=float(args.timeout))
+        except DiscoveryError as exc:  # a target that does not resolve, a probe not sent
+            raise DriverError("config", str(exc)) from None
         user = getattr(args, "user", "") or ""
         password = getattr(args, "password", "") or os.environ.get("EDGE_GW_ONVIF_PASSWORD", "")
         rows = ScanRows()

@@ -44,3 +44,13 @@ SNAPSHOT_EVICTIONS = Counter(
     "edge_gw_onvif_snapshot_evictions_total",
     "Snapshots deleted by the retention limit (count or bytes)",
 )
+AUTH_FAILURES = Counter(
+    "edge_gw_onvif_auth_failures_total",
+    "Requests the camera refused for their credentials (each one a failed login on the camera)",
+    ["bus"],
+)
+EVENTS_SUPPORTED = Gauge(
+    "edge_gw_onvif_events_supported",
+    "1 when the camera offers PullPoint events, 0 when it has no events service (found at connect)",
+    ["bus"],
+)

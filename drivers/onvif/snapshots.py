@@ -25,6 +25,7 @@ class SnapshotError(ValueError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+        self.detail = detail
 
 
 def is_jpeg(data: bytes) -> bool:

@@ -4,6 +4,7 @@ timeouts, expired subscriptions, reboots, snapshots and unknown topics."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import time
@@ -13,7 +14,7 @@ import pytest
 from hwsim.onvif import CameraConfig, CameraGroup, SimCamera
 from prometheus_client import REGISTRY
 
-from drivers.onvif.driver import OnvifBus
+from drivers.onvif.driver import OnvifBus, OnvifProfileOptions
 from gateway.plugin import DeviceSpec, DeviceUnavailable, DriverError
 from tests.support.onvif_helpers import EventCollector, bundled_profiles, device, open_bus
 
@@ -61,10 +62,15 @@ async def test_wrong_password_is_auth_error_and_others_keep_working(tmp_path: Pa
 
 async def test_password_fixed_on_camera_recovers(tmp_path: Path) -> None:
     async with CameraGroup([CameraConfig(name="c", password="old")], discovery_port=None, control_port=None) as g:
-        dev, bus = acme(g["c"], tmp_path)
+        dev, bus = acme(g["c"], tmp_path, auth_backoff="300ms")
         with pytest.raises(DeviceUnavailable):
             await bus.read(dev, dev.points)
         g["c"].set_password("pw")
+        with pytest.raises(DeviceUnavailable) as e:  # logins are paused: nothing is sent
+            await bus.read(dev, dev.points)
+        assert e.value.reason == "auth" and "next login attempt" in e.value.detail
+        assert g["c"].refused_logins == 1
+        await asyncio.sleep(0.35)
         reading = await bus.read(dev, dev.points)
         assert reading.values["firmware"] == "1.0.0"
         await bus.close()
@@ -102,7 +108,7 @@ async def test_unreachable_camera(tmp_path: Path) -> None:
     bus = open_bus(dev)
     with pytest.raises(DeviceUnavailable) as e:
         await bus.read(dev, dev.points)
-    assert e.value.reason == "unreachable"
+    assert e.value.reason == "refused" and f"127.0.0.1:{port}" in e.value.detail
     await bus.close()
 
 
@@ -180,7 +186,7 @@ async def test_camera_reboot_recovers(tmp_path: Path) -> None:
             await asyncio.sleep(0.3)
             with pytest.raises(DeviceUnavailable) as e:
                 await bus.read(dev, dev.points)
-            assert e.value.reason == "unreachable"
+            assert e.value.reason == "refused"
             await reboot
             assert cam.boots == 2
             async with asyncio.timeout(15):
@@ -230,18 +236,42 @@ async def test_snapshot_retention_and_auth(tmp_path: Path) -> None:
         assert cam.snapshots == 3
 
 
-async def test_snapshot_wrong_credentials_is_marked(tmp_path: Path) -> None:
-    cfg = CameraConfig(name="c", password="pw", snapshot_auth="digest")
+async def test_snapshot_scheme_the_profile_forbids_is_marked_with_a_hint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = CameraConfig(name="c", password="pw", snapshot_auth="basic")
     async with CameraGroup([cfg], discovery_port=None, control_port=None) as g:
         cam = g["c"]
-        dev, bus = acme(cam, tmp_path, "cam-snap-auth")
+        dev, _ = acme(cam, tmp_path, "cam-snap-auth")
+        strict = OnvifProfileOptions(snapshot_on=["object_throw"], snapshot_auth="digest")
+        dev = dataclasses.replace(dev, options=strict)
+        bus = open_bus(dev)
+        with caplog.at_level(logging.INFO, logger="drivers.onvif"):
+            async with EventCollector(bus) as col:
+                await bus.read(dev, dev.points)
+                async with asyncio.timeout(5):
+                    await cam.wait_subscribed()
+                throw(cam, 1)
+                (ev,) = await col.take(1, 10)
+        assert ev.value is True and ev.attrs is not None
+        assert ev.attrs["snapshot_error"] == "auth"
+        assert "snapshot" not in ev.attrs
+        assert any("asks for basic" in r.getMessage() and "snapshot_auth" in r.getMessage() for r in caplog.records)
+        assert cam.refused_logins == 0  # nothing was sent that the camera could count
+
+
+@pytest.mark.parametrize("scheme", ["digest", "basic", "none"])
+async def test_snapshot_answers_the_challenge_the_camera_sends(tmp_path: Path, scheme: str) -> None:
+    cfg = CameraConfig(name="c", password="pw", snapshot_auth=scheme)
+    async with CameraGroup([cfg], discovery_port=None, control_port=None) as g:
+        cam = g["c"]
+        dev, bus = acme(cam, tmp_path, f"cam-snap-{scheme}")
         async with EventCollector(bus) as col:
             await bus.read(dev, dev.points)
             async with asyncio.timeout(5):
                 await cam.wait_subscribed()
-            cam.config.snapshot_auth = "basic"  # the profile says digest: the camera refuses us
             throw(cam, 1)
-            (ev,) = await col.take(1, 10)
-        assert ev.value is True and ev.attrs is not None
-        assert ev.attrs["snapshot_error"] == "auth"
-        assert "snapshot" not in ev.attrs
+            throw(cam, 2)
+            got = await col.take(2, 10)
+        assert all(e.attrs is not None and e.attrs.get("snapshot", "").startswith("local:") for e in got), got
+        assert cam.snapshots == 2 and cam.refused_logins == 0
