@@ -35,6 +35,7 @@ Broker rules met on the way (not the gateway's to change):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -46,6 +47,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from hwsim.proxy import FaultProxy
 from prometheus_client import REGISTRY
 
 from buffer import Buffer
@@ -324,6 +326,63 @@ async def test_broker_restart_mid_stream(broker: Broker, tmp_path: Path, observe
     print(f"\n{broker.name} restart: {last} records, {dups} re-deliveries, "
           f"backlog order violations per lane {lane_order_violations(arrivals, hist=True)}, "
           f"reconnects {state['reconnects']}, connected {reconnect_s:.2f} s after the broker was back")
+
+
+async def retained_status(host: str, port: int, topic_filter: str) -> list[dict[str, Any]]:
+    """What a client subscribing now receives as retained on ``topic_filter`` (bounded)."""
+    got: list[dict[str, Any]] = []
+    async with aiomqtt.Client(host, port, identifier=f"late-{time.monotonic_ns()}", timeout=5) as c:
+        await c.subscribe(topic_filter, qos=1, timeout=5)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                async for msg in c.messages:
+                    if msg.retain:
+                        assert isinstance(msg.payload, bytes)
+                        got.append(json.loads(msg.payload))
+    return got
+
+
+def distinct(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for d in docs:
+        if d not in out:
+            out.append(d)
+    return out
+
+
+async def test_last_will_on_a_cut_link_and_the_retained_status(
+    broker: Broker, tmp_path: Path, observer_factory: Any
+) -> None:
+    """The link is cut without DISCONNECT (fault proxy in front of the broker): the broker
+    publishes the uplink's last will (retained ``offline``), and the uplink comes back with
+    a new birth. A late subscriber on the exact status topic gets the retained status from
+    both brokers; on a wildcard filter RabbitMQ 3.10 sends no retained message (its rule),
+    so a platform must not find gateways through retained statuses on ``+`` filters there."""
+    gw = f"gw-{broker.name}-will"
+    obs: Observer = await observer_factory(broker, gw)
+    async with FaultProxy(broker.host, broker.port) as proxy, Buffer(
+        tmp_path / "gw.db", gw=gw, uplinks=("city",)
+    ) as buf:
+        up = MqttUplink(uplink_config(f"mqtt://127.0.0.1:{proxy.port}", gw), gw_id=gw, buffer=buf)
+        task = asyncio.create_task(up.run())
+        try:
+            await wait_until(_async(lambda: obs.statuses and obs.statuses[-1]["status"] == "online"),
+                             15, "birth")
+            await proxy.cut()
+            await wait_until(_async(lambda: obs.statuses[-1].get("reason") == "connection lost"),
+                             15, "last will", log=broker.log_tail)
+            # amqtt sends a late subscriber the same retained message twice (once for the
+            # other clients' matching filters at connect, once for its own subscription)
+            exact = distinct(await retained_status(broker.host, broker.subscriber_port, obs.topic("status")))
+            assert [d["status"] for d in exact] == ["offline"]
+            wild = await retained_status(broker.host, broker.subscriber_port, f"{PREFIX}/+/status")
+            mine = distinct([d for d in wild if d.get("gw") == gw])
+            assert mine == ([] if broker.name == "rabbitmq" else exact)
+            await proxy.restore()
+            await wait_until(_async(lambda: obs.statuses[-1]["status"] == "online"), 15, "new birth")
+            assert up.state()["reconnects"] >= 1
+        finally:
+            await stop_task(task)
 
 
 # ---------------------------------------------------------------------- downlink degradations
