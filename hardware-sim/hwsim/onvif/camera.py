@@ -405,6 +405,8 @@ class SimCamera:
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
         body = await request.read()
+        if self.booting:  # the web server is up, the ONVIF services are not yet
+            return web.Response(status=503, text="booting", headers={"Retry-After": "5"})
         try:
             req = soap.parse_request(body)
         except SoapError as err:
@@ -416,8 +418,6 @@ class SimCamera:
             if f.delay_count > 0:
                 f.delay_count -= 1
             await asyncio.sleep(f.delay)
-        if self.booting:
-            return web.Response(status=503, text="booting", headers={"Retry-After": "5"})
         service = request.match_info.get("service", "")
         if not self.config.events_service and (service == "events_service" or "sid" in request.match_info):
             return web.Response(status=404, text="no such service")
