@@ -5,6 +5,7 @@ free loopback ports, stoppable and restartable on the same port.
     broker = RabbitMq(tmp_path)      # or Amqtt(tmp_path)
     broker.start(); broker.url       # mqtt://127.0.0.1:<port>, accepts MQTT CONNECT
     broker.stop(); broker.start()    # clean stop, then the same node/port again
+    rabbit.kill(); rabbit.start()    # RabbitMQ only: SIGKILL (a crash), then start again
     broker.startup_seconds           # one figure per start()
 
 Both share the interface of :class:`tests.support.sync_mosquitto.Mosquitto` that the tests
@@ -257,6 +258,16 @@ class RabbitMq(_Broker):
             self.stop()
             raise
         self.startup_seconds.append(time.monotonic() - t0)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL to the node's whole process group (the start script, the Erlang
+        VM and its helpers), then its epmd. Durable state is what the node had synced."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        self.stop()
 
     def stop(self) -> None:
         """A clean stop (SIGTERM: the node shuts down and writes its durable state), then
