@@ -132,6 +132,13 @@ class _Learnt:
         self.blocks = blocks
         self.holes = holes
 
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, _Learnt) and self.blocks == other.blocks and self.holes == other.holes
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
 
 class _Holes:
     """What one device taught us about its register map, and when."""
@@ -213,6 +220,8 @@ class ModbusBus(Bus):
         self._failures: dict[str, Any] = {}
         self._exceptions: dict[int, Any] = {}
         self._holes: dict[str, _Holes] = {}  # per device id: holes learnt in its map
+        # per device id: what was learnt before the last re-check (finding it again is no news)
+        self._known: dict[str, dict[codec.ReadBlock, _Learnt]] = {}
         self._retries = metrics.RETRIES.labels(spec.name)
 
     # ------------------------------------------------------------------ lifecycle
@@ -360,14 +369,14 @@ class ModbusBus(Bus):
             why = f"learnt more than {self.options.hole_recheck:g}s ago"
         else:
             return holes
-        log.info("device %s: asking the holes of its register map again (%s)", device_id, why)
-        del self._holes[device_id]
+        log.debug("device %s: asking the holes of its register map again (%s)", device_id, why)
+        self._forget_holes(device_id)
         return None
 
     def _forget_holes(self, device_id: str) -> None:
-        if self._holes.pop(device_id, None) is not None:
-            log.info("device %s: stopped answering; its learnt register holes are forgotten",
-                     device_id)
+        holes = self._holes.pop(device_id, None)
+        if holes is not None:
+            self._known.setdefault(device_id, {}).update(holes.blocks)
 
     def _learn(self, poll: _Poll, block: codec.ReadBlock, learnt: _Learnt) -> None:
         holes = self._holes.get(poll.device)
@@ -375,9 +384,16 @@ class ModbusBus(Bus):
             holes = self._holes[poll.device] = _Holes(self.client.connections)
         holes.blocks[block] = learnt
         holes.since = time.monotonic()
-        counter = metrics.HOLES_LEARNT.labels(self.spec.name, poll.device)
-        counter.inc()
         inside = ", ".join(s.key for s in learnt.holes)
+        known = self._known.get(poll.device)
+        if known is not None and known.get(block) == learnt:
+            log.debug(
+                "device %s: %s %d-%d still has the hole learnt before (%d request(s)%s)",
+                poll.device, block.table, block.start, block.start + block.count - 1,
+                len(learnt.blocks), f"; inside: {inside}" if inside else "",
+            )
+            return
+        metrics.HOLES_LEARNT.labels(self.spec.name, poll.device).inc()
         log.warning(
             "device %s (unit %d): exception 02 (illegal data address) to a read of %s %d-%d: "
             "its register map has a hole there; now read as %d request(s)%s. Learnt until a "
@@ -401,7 +417,10 @@ class ModbusBus(Bus):
         for block in plan.blocks:
             learnt = known.get(block) if known else None
             if learnt is None:
-                if await self._read_block(plan, block, poll) != _HOLE:
+                outcome = await self._read_block(plan, block, poll)
+                if outcome == _OK and self._known:
+                    self._hole_gone(poll, block)
+                if outcome != _HOLE:
                     continue
                 self._learn(poll, block, await self._split(plan, block, poll))
                 continue
@@ -421,6 +440,14 @@ class ModbusBus(Bus):
                 self._learn(poll, block, _Learnt(tuple(todo), learnt.holes))
         if not reading.requests and plan.blocks and holes is not None:
             await self._probe_holes(holes, poll)
+
+    def _hole_gone(self, poll: _Poll, block: codec.ReadBlock) -> None:
+        known = self._known.get(poll.device)
+        if known is not None and known.pop(block, None) is not None:
+            log.info(
+                "device %s: %s %d-%d reads whole again: the hole learnt in it is gone",
+                poll.device, block.table, block.start, block.start + block.count - 1,
+            )
 
     async def _probe_holes(self, holes: _Holes, poll: _Poll) -> None:
         """Every point of the poll lies in a learnt hole, so no request was sent: one read
@@ -442,6 +469,7 @@ class ModbusBus(Bus):
         poll.answered = True
         log.info("device %s: a learnt register hole reads again; asking its map again", poll.device)
         self._holes.pop(poll.device, None)
+        self._known.pop(poll.device, None)
 
     async def _split(self, plan: _Plan, block: codec.ReadBlock, poll: _Poll) -> _Learnt:
         """``block`` was answered with exception 02: read its parts, halving where it bridges

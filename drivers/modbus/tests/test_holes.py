@@ -380,3 +380,31 @@ async def test_other_devices_on_the_bus_keep_their_own_plan(sim: ModbusSimulator
         assert learnt(bus, "holey-two") == 3
     finally:
         await bus.close()
+
+
+async def test_a_recheck_that_finds_the_same_holes_is_no_news(
+    sim: ModbusSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Re-checks (after hole_recheck, after a reconnect) ask the device again; finding the
+    same holes is neither logged at warning nor counted again."""
+    bus = make_bus(sim, "tcp", "holes-same", hole_recheck=0.2)
+    dev = device("holey-same", {"in_hole": PointAddress(table="holding", offset=6)})
+    await bus.open()
+    try:
+        await bus.read(dev, dev.points)
+        assert learnt(bus, dev.id) == 3
+        for recheck in ("interval", "reconnect"):
+            if recheck == "interval":
+                await asyncio.sleep(0.3)
+            else:
+                bus.client.close()
+            before02 = exceptions02(bus)
+            caplog.clear()
+            with caplog.at_level(logging.INFO, logger="drivers.modbus"):
+                r = await bus.read(dev, dev.points)
+            assert exceptions02(bus) > before02, f"{recheck}: the holes were not asked again"
+            assert r.errors == {"in_hole": "illegal_address"} and r.values == VALUES
+            assert learnt(bus, dev.id) == 3, recheck
+            assert not [x for x in caplog.records if x.levelno >= logging.INFO], recheck
+    finally:
+        await bus.close()
