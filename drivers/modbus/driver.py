@@ -462,10 +462,8 @@ class ModbusBus(Bus):
             poll.answered = True
             return
         except LinkError as exc:
-            if not exc.answered:
-                raise DeviceUnavailable(exc.reason, exc.detail) from None
-            poll.answered = True
-            return
+            # the only request of this poll: no usable answer (a corrupt one proves nothing)
+            raise DeviceUnavailable(exc.reason, exc.detail) from None
         poll.answered = True
         log.info("device %s: a learnt register hole reads again; asking its map again", poll.device)
         self._holes.pop(poll.device, None)
