@@ -18,9 +18,16 @@ Each camera is its own implicit bus (:class:`OnvifBus`): the hub owns one
   digest or basic auth, kept in a local store with retention, and referenced from the
   event's attrs as ``snapshot = "local:<device>/<file>.jpg"``.
 
-Errors: an unreachable camera or a timeout raises ``DeviceUnavailable(timeout|unreachable)``;
-a camera that answers but refuses the credentials raises ``DeviceUnavailable("auth")``; a
-SOAP fault or an unparsable answer raises ``DriverError(soap_fault|protocol)``.
+Errors: a camera that does not answer raises ``DeviceUnavailable`` with reason
+``timeout``, ``refused``, ``unreachable``, ``unavailable`` (HTTP 5xx while booting) or
+``tls``; a camera that refuses the credentials raises ``DeviceUnavailable("auth")``; a SOAP
+fault or an unparsable answer raises ``DriverError(soap_fault|protocol)``. Every detail
+names the operation and what happened (HTTP status, SOAP fault code, time waited, address).
+
+After refused credentials the camera's login gate closes: no request is sent until an
+exponential pause ends, the password file changes or the configuration is reloaded. A
+camera without an events service is never subscribed. While a camera does not answer it
+is probed (unauthenticated) and polled at once when it answers again (``Bus.request_poll``).
 """
 
 from __future__ import annotations
