@@ -119,7 +119,7 @@ def test_fresh_install_layout_and_modes(tmp_path: Path) -> None:
     units = root / "etc/systemd/system"
     unit = parse_unit((units / "edge-gateway.service").read_text())
     assert unit["Service"]["ExecStart"] == [
-        f"{PREFIX}/venv/bin/edge-gateway run -c /etc/edge-gateway/gateway.toml"
+        f"{PREFIX}/current/venv/bin/edge-gateway run -c /etc/edge-gateway/gateway.toml"
     ]
     assert "/opt/edge-gateway" not in (units / "edge-gateway.service").read_text()
     wants = units / "multi-user.target.wants/edge-gateway.service"
@@ -243,3 +243,38 @@ def test_uninstall_keeps_data_purge_removes_everything(tmp_path: Path) -> None:
     # and it installs again cleanly afterwards
     install(root)
     assert (root / "etc/edge-gateway/gateway.toml").exists()
+
+
+BROKEN_CONFIG = '[gateway]\nid = "gw"\n[[devices]]\nid = 3\n'
+
+
+def box(root: Path) -> None:
+    """A staging root that looks like a fresh Debian box: passwd/group with dialout."""
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (root / "etc/group").write_text("root:x:0:\ndialout:x:20:\n")
+    (root / "etc/shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (root / "etc/gshadow").write_text("root:*::\ndialout:*::\n")
+    (root / "etc/shadow").chmod(0o640)
+    (root / "etc/gshadow").chmod(0o640)
+
+
+def error_lines(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    return [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("install.sh: error:")]
+
+
+def test_broken_config_leaves_the_box_unchanged(tmp_path: Path) -> None:
+    """A site config that fails `edge-gateway check`: no user, no files, no unit, one error line."""
+    root = tmp_path / "root"
+    box(root)
+    etc = root / "etc/edge-gateway"
+    etc.mkdir(mode=0o755)
+    (etc / "gateway.toml").write_text(BROKEN_CONFIG)
+    before = snapshot(root)
+    proc = run(root, "--no-venv", "--no-start", "--check-bin", str(CHECK_BIN), check=False)
+    assert proc.returncode != 0
+    assert snapshot(root) == before
+    assert "edge-gateway:" not in (root / "etc/passwd").read_text()
+    lines = error_lines(proc)
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    assert "gateway.toml" in lines[0] and "fix" in lines[0]

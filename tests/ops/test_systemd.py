@@ -95,7 +95,7 @@ def test_gateway_unit_contract() -> None:
     assert one("WatchdogSec") == "30s"
     assert one("Restart") == "on-failure"
     assert one("ExecStart") == (
-        "/opt/edge-gateway/venv/bin/edge-gateway run -c /etc/edge-gateway/gateway.toml"
+        "/opt/edge-gateway/current/venv/bin/edge-gateway run -c /etc/edge-gateway/gateway.toml"
     )
     assert one("User") == "edge-gateway"
     assert one("SupplementaryGroups") == "dialout"

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,7 @@ def with_fake_exec(unit_text: str, prefix: str, tmp: Path) -> str:
     exist after the venv is built on a box.
     """
     fake_prefix = tmp / "fakeprefix"
-    bindir = fake_prefix / "venv" / "bin"
+    bindir = fake_prefix / "current" / "venv" / "bin"
     bindir.mkdir(parents=True, exist_ok=True)
     for name in ("edge-gateway", "hwsim"):
         exe = bindir / name
@@ -90,3 +91,31 @@ def exposure(unit_path: Path) -> tuple[float, str]:
     assert m, f"no exposure line in:\n{text}"
     assert m.group(1) == unit_path.name
     return float(m.group(2)), text
+
+
+BUILD_CACHE = Path(os.environ.get("EDGE_BUILD_CACHE", "/tmp/edge-build"))
+
+
+def build_bundle(out: Path, source: Path = REPO) -> tuple[Path, Path]:
+    """``systemd/bundle.py`` of ``source`` into ``out``: (bundle directory, tarball).
+
+    Dependency wheels are cached under ``$EDGE_BUILD_CACHE/wheel-cache`` keyed by
+    pyproject.toml and the target, so only the first build of a run needs the package index.
+    """
+    proc = subprocess.run(
+        [sys.executable, str(SYSTEMD_DIR / "bundle.py"), str(out), "--source", str(source),
+         "--wheel-cache", str(BUILD_CACHE / "wheel-cache")],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    print(proc.stdout.strip())
+    tarballs = sorted(out.glob("edge-gateway-*.tar.gz"))
+    assert len(tarballs) == 1, list(out.iterdir())
+    directory = out / tarballs[0].name.removesuffix(".tar.gz")
+    assert (directory / "MANIFEST").is_file()
+    return directory, tarballs[0]
+
+
+def read_manifest(bundle_dir: Path) -> dict[str, str]:
+    lines = (bundle_dir / "MANIFEST").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
