@@ -219,14 +219,15 @@ def _num(raw: Any) -> float:
     raise MappingError(f"expected a number, device sent {type(raw).__name__}")
 
 
-_EXACT = 10**12  # integers below this survive _tidy's 12 significant digits unchanged
+_DIGITS = 15  # a double holds 15 significant decimal digits exactly; the rest is binary noise
+_EXACT = 10**_DIGITS  # integers below this survive _tidy unchanged
 
 
 def _tidy(x: float) -> float | int:
     """Remove binary noise from scaled values (0.1 * 3 -> 0.3) without losing precision."""
     if not math.isfinite(x):
         raise MappingError(f"value is not finite: {x}")
-    r = float(f"{x:.12g}")
+    r = float(f"{x:.{_DIGITS}g}")
     return int(r) if r.is_integer() and abs(r) < 2**53 else r
 
 
@@ -245,8 +246,10 @@ def to_canonical(pm: PointMap, raw: Any) -> Value:
             raise MappingError(f"enum maps {raw!r} to {value!r}, the point needs a boolean")
         return value
     t = pm.pdef.type
-    if raw.__class__ is int and pm.identity and t != "bool" and t != "string" and -_EXACT < raw < _EXACT:
-        return raw  # what the float path below gives for an integer of up to 12 digits
+    if raw.__class__ is int and pm.identity and t != "bool" and t != "string":
+        # unscaled integers pass exactly (a 64-bit counter, a millisecond timestamp); below
+        # _EXACT this is what the float path gives, above it the float path would lose digits
+        return raw
     if t == "bool":
         if isinstance(raw, str):
             b = raw.strip().lower() in ("1", "true", "on", "yes")

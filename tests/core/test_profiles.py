@@ -189,6 +189,15 @@ def test_site_profile_overrides_bundled(tmp_path: Any) -> None:
     assert list(c.profiles["virtual-smoke"].points) == ["smoke_density"]
 
 
+def test_large_integers_pass_exactly() -> None:
+    plain = pm("electricity_meter", "energy_import")
+    for raw in (987654321012345, 1796417260256, 2**64 - 1, -(2**63)):
+        assert to_canonical(plain, raw) == raw
+    # scaled: 15 significant digits, the binary noise of the multiplication gone
+    assert to_canonical(pm("electricity_meter", "energy_import", scale=0.001), 987654321012345) == 987654321012.345
+    assert to_canonical(pm("electricity_meter", "energy_import", scale=0.01), 6512) == 65.12
+
+
 @given(st.integers(-(10**14), 10**14), st.sampled_from([("electricity_meter", "energy_import"), ("environment_sensor", "temperature")]))
 def test_integer_shortcut_gives_what_the_float_path_gives(raw: int, where: tuple[str, str]) -> None:
     """Unscaled integers skip the float round trip; the result must not change."""
