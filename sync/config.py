@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gateway.types import Duration, Secret
 
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-_TOPIC_BAD = re.compile(r"[#+\x00]")
+# "*" is MQTT-legal, but RabbitMQ maps topics onto AMQP routing keys where it is a wildcard
+# (delivered back as "+", a topic no MQTT client library accepts)
+_TOPIC_BAD = re.compile(r"[#+*\x00]")
 
 
 class _Strict(BaseModel):
@@ -120,7 +122,8 @@ class MqttUplinkConfig(_UplinkBase):
             self.topic_prefix.endswith("/")
         ):
             raise ValueError(
-                "topic_prefix must not contain + or # and must not start or end with /"
+                "topic_prefix must not contain +, # or * (a wildcard on RabbitMQ) "
+                "and must not start or end with /"
             )
         if self.password is not None and self.username is None:
             raise ValueError("password needs username")

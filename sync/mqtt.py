@@ -64,6 +64,10 @@ class MqttUplink(UplinkEngine):
         self.topic_status = f"{base}/status"
         self.topic_cmd = f"{base}/cmd"
         self.topic_result = f"{base}/cmd/result"
+        # RabbitMQ maps MQTT topics onto AMQP routing keys, where "." separates levels: a
+        # command published on "cd.wh/gw.01/cmd" is delivered as "cd/wh/gw/01/cmd".
+        self._cmd_topics = {self.topic_cmd, self.topic_cmd.replace(".", "/")}
+        self._cmd_rewritten_seen = False
         self.client_id = config.client_id or f"edge-gw-{gw_id}-{config.name}"[:128]
         self._ssl = build_ssl_context(config.tls, uplink=config.name) if config.uses_tls else None
         self._client: aiomqtt.Client | None = None
@@ -250,12 +254,22 @@ class MqttUplink(UplinkEngine):
     # ------------------------------------------------------------------ downlink
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            if message.topic.matches(self.topic_cmd):
-                payload = message.payload
-                data = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
-                task = asyncio.create_task(self._command(bytes(data)))
-                self._command_tasks.add(task)
-                task.add_done_callback(self._command_tasks.discard)
+            topic = str(message.topic)
+            if topic not in self._cmd_topics:
+                # amqtt sends every client the retained messages of other clients' filters
+                log.debug("uplink %s: message on %s ignored (not the command topic)", self.name, topic)
+                continue
+            if topic != self.topic_cmd and not self._cmd_rewritten_seen:
+                self._cmd_rewritten_seen = True
+                log.info(
+                    "uplink %s: the broker delivers the command topic %s as %s ('.' taken as a "
+                    "level separator, as RabbitMQ does); accepted", self.name, self.topic_cmd, topic,
+                )
+            payload = message.payload
+            data = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
+            task = asyncio.create_task(self._command(bytes(data)))
+            self._command_tasks.add(task)
+            task.add_done_callback(self._command_tasks.discard)
         raise LinkDown("message stream ended")  # pragma: no cover - aiomqtt raises instead
 
     async def _command(self, payload: bytes) -> None:

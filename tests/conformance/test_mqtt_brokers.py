@@ -118,14 +118,16 @@ class Observer:
     batch_ids: list[str] = field(default_factory=list)  # arrival order
     statuses: list[dict[str, Any]] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
+    prefix: str = PREFIX
     foreign: list[str] = field(default_factory=list)
+    topics: set[str] = field(default_factory=set)  # the topic names messages arrived on
     granted: list[int] = field(default_factory=list)
     connections: int = 0
     client: aiomqtt.Client | None = None
     max_attempts: int = 600
 
     def topic(self, leaf: str) -> str:
-        return f"{PREFIX}/{self.gw}/{leaf}"
+        return f"{self.prefix}/{self.gw}/{leaf}"
 
     async def run(self) -> None:
         for _ in range(self.max_attempts):
@@ -146,20 +148,33 @@ class Observer:
                 await asyncio.sleep(0.1)
         raise AssertionError(f"observer gave up after {self.max_attempts} connection attempts")
 
+    def _leaf(self, topic: str) -> str | None:
+        """Which of this gateway's topics ``topic`` is -- also in the form RabbitMQ delivers
+        it (a "." in a topic becomes a level separator); None for anything else."""
+        for leaf in ("records", "status", "cmd/result"):
+            want = self.topic(leaf)
+            if topic in (want, want.replace(".", "/")):
+                return leaf
+        return None
+
     def _take(self, msg: aiomqtt.Message) -> None:
         assert isinstance(msg.payload, bytes)
+        topic = str(msg.topic)
+        leaf = self._leaf(topic)
+        if leaf is None:  # amqtt: retained messages of other clients' filters (module docstring)
+            self.foreign.append(topic)
+            return
+        self.topics.add(topic)
         doc = json.loads(msg.payload)
-        if msg.topic.matches(self.topic("records")):
+        if leaf == "records":
             self.batch_ids.append(doc["batch_id"])
             assert doc["gw"] == self.gw and isinstance(doc["batch_id"], str)
             for r in doc["records"]:
                 self.arrivals.append((r["seq"], LANE_OF_KIND[r["kind"]], r["id"], doc["hist"]))
-        elif msg.topic.matches(self.topic("status")):
+        elif leaf == "status":
             self.statuses.append(doc)
-        elif msg.topic.matches(self.topic("cmd/result")):
+        else:
             self.results.append(doc)
-        else:  # amqtt: retained messages of other clients' filters (see the module docstring)
-            self.foreign.append(str(msg.topic))
 
     def seen(self) -> set[int]:
         return {a[0] for a in self.arrivals}
@@ -176,8 +191,8 @@ class Observer:
 async def observer_factory() -> AsyncIterator[Any]:
     tasks: list[asyncio.Task[None]] = []
 
-    async def start(broker: Broker, gw: str) -> Observer:
-        obs = Observer(broker.host, broker.subscriber_port, gw)
+    async def start(broker: Broker, gw: str, prefix: str = PREFIX) -> Observer:
+        obs = Observer(broker.host, broker.subscriber_port, gw, prefix=prefix)
         tasks.append(asyncio.create_task(obs.run(), name=f"observer-{gw}"))
         await wait_until(_async(lambda: obs.connections >= 1), 15, "observer connected", step=0.05)
         return obs
@@ -396,6 +411,34 @@ async def test_last_will_on_a_cut_link_and_the_retained_status(
             assert up.state()["reconnects"] >= 1
         finally:
             await stop_task(task)
+
+
+async def test_dots_in_the_gateway_id_and_prefix(
+    broker: Broker, tmp_path: Path, observer_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Gateway ids and prefixes may contain ".". RabbitMQ maps MQTT topics onto AMQP
+    routing keys, where "." separates levels: ``cd.wh/gw.01/cmd`` is delivered as
+    ``cd/wh/gw/01/cmd``. The command must still be executed and answered."""
+    prefix, gw = "cd.wh/jifu", f"gw.{broker.name}.01"
+    caplog.set_level(logging.INFO, logger="sync")
+    obs: Observer = await observer_factory(broker, gw, prefix)
+    async with Buffer(tmp_path / "gw.db", gw=gw, uplinks=("city",)) as buf:
+        up = MqttUplink(uplink_config(broker.url, gw, topic_prefix=prefix), gw_id=gw, buffer=buf,
+                        commands=answer)
+        task = asyncio.create_task(up.run())
+        try:
+            await buf.append(make_records(gw, 30))
+            await wait_until(_async(lambda: obs.has_all(30)), 15, "records")
+            await obs.publish_command({"id": "dotted", "device": "b2-light-01", "point": "on",
+                                       "value": True})
+            await wait_until(_async(lambda: [r["id"] for r in obs.results] == ["dotted"]), 10,
+                             "the command's result", log=broker.log_tail)
+        finally:
+            await stop_task(task)
+    rewritten = {t for t in obs.topics if "." not in t}
+    assert bool(rewritten) == (broker.name == "rabbitmq"), obs.topics
+    said = [r.getMessage() for r in caplog.records if "delivers the command topic" in r.getMessage()]
+    assert len(said) == (1 if broker.name == "rabbitmq" else 0), said
 
 
 # ---------------------------------------------------------------------- downlink degradations

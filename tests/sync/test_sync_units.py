@@ -145,6 +145,9 @@ def test_token_bucket() -> None:
     [
         ("mqtt", {"url": "http://h"}, "mqtt://"),
         ("mqtt", {"url": "mqtt://h", "topic_prefix": "a/#"}, "topic_prefix"),
+        # RabbitMQ turns * into the wildcard +: commands would arrive on a topic that the
+        # client library cannot even parse, and the connection drops on every one of them
+        ("mqtt", {"url": "mqtt://h", "topic_prefix": "city/b*"}, r"must not contain \+, # or \*"),
         ("mqtt", {"url": "mqtt://u:p@h"}, "credentials"),
         ("mqtt", {"url": "mqtt://h", "password": "x"}, "password needs username"),
         ("mqtt", {"url": "mqtt://h", "windo": 3}, "Extra inputs"),
