@@ -572,9 +572,11 @@ class OnvifBus(Bus):
             out["events"] = "off (events = false)"
         elif self._events_note is not None:
             out["events"] = self._events_note
-        if self._failure is not None:
-            out["error"] = f"{self._failure.reason}: {self._failure.detail}"
         left = self._auth_until - time.monotonic()
+        if left > 0:
+            out["error"] = f"auth: {self._auth_detail}"
+        elif self._failure is not None:
+            out["error"] = f"{self._failure.reason}: {self._failure.detail}"
         if left > 0:
             out["login"] = (
                 f"paused for {left:.0f} s after {self._auth_streak} refused login(s); "
@@ -1013,8 +1015,10 @@ class OnvifBus(Bus):
                     reason = "reconnect"
                     continue
                 if err.reason in NETWORK_REASONS:
+                    first = self._failure is None
                     self._failed(err)
-                    self._wake_core()  # the core reports it offline now, not at its next poll
+                    if first:
+                        self._wake_core()  # the core reports it offline now, not at its next poll
                 else:
                     log.debug("camera %s: cannot subscribe: %s", self.spec.name, err)
                 self._back.clear()
@@ -1098,9 +1102,11 @@ class OnvifBus(Bus):
                 if fault.reason in NETWORK_REASONS or fault.reason == "auth" or failures >= 3:
                     self._last_end_reason = "error"
                     await self._drop(gen)
+                    first = self._failure is None
                     if fault.reason in NETWORK_REASONS:
                         self._failed(DeviceUnavailable(fault.reason, f"PullMessages: {fault.detail}"))
-                    self._wake_core()  # the core reports it now, not at its next poll
+                    if first:
+                        self._wake_core()  # the core reports it now, not at its next poll
                     return
                 await asyncio.sleep(min(2.0 * failures, 10.0))
                 continue

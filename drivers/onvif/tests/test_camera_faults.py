@@ -275,3 +275,31 @@ async def test_snapshot_answers_the_challenge_the_camera_sends(tmp_path: Path, s
             got = await col.take(2, 10)
         assert all(e.attrs is not None and e.attrs.get("snapshot", "").startswith("local:") for e in got), got
         assert cam.snapshots == 2 and cam.refused_logins == 0
+
+
+async def test_camera_demanding_credentials_for_its_clock(tmp_path: Path) -> None:
+    cfg = CameraConfig(name="c", password="pw", auth_everything=True)
+    async with CameraGroup([cfg], discovery_port=None, control_port=None) as g:
+        cam = g["c"]
+        dev, bus = acme(cam, tmp_path)
+        reading = await bus.read(dev, dev.points)
+        assert reading.values["model"] == "SV-100"
+        # the unauthenticated try was refused, but carried no credentials: no failed login
+        assert cam.auth_failures == 1 and cam.refused_logins == 0
+        await bus.close()
+
+
+async def test_one_refused_login_per_pause_with_events_and_polls(tmp_path: Path) -> None:
+    """Polls and the event loop share the camera's login gate: one refusal, not one each."""
+    cfg = CameraConfig(name="c", password="right", lockout_after=3)
+    async with CameraGroup([cfg], discovery_port=None, control_port=None) as g:
+        cam = g["c"]
+        dev, bus = acme(cam, tmp_path, password="wrong")
+        async with EventCollector(bus):
+            for _ in range(5):
+                with pytest.raises(DeviceUnavailable) as e:
+                    await bus.read(dev, dev.points)
+                assert e.value.reason == "auth"
+                await asyncio.sleep(0.2)
+        assert cam.refused_logins == 1 and not cam.locked
+        assert "login" in bus.notes(dev.id) and "NotAuthorized" in bus.notes(dev.id)["error"]
