@@ -303,3 +303,56 @@ async def test_one_refused_login_per_pause_with_events_and_polls(tmp_path: Path)
                 await asyncio.sleep(0.2)
         assert cam.refused_logins == 1 and not cam.locked
         assert "login" in bus.notes(dev.id) and "NotAuthorized" in bus.notes(dev.id)["error"]
+
+
+@pytest.mark.parametrize("get_services", [True, False])
+async def test_no_events_service_found_and_never_subscribed(
+    tmp_path: Path, get_services: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = CameraConfig(name="c", password="pw", events_service=False, get_services=get_services)
+    async with CameraGroup([cfg], discovery_port=None, control_port=None) as g:
+        cam = g["c"]
+        dev, bus = acme(cam, tmp_path, f"cam-noev-{get_services}")
+        with caplog.at_level(logging.INFO, logger="drivers.onvif"):
+            async with EventCollector(bus):
+                reading = await bus.read(dev, dev.points)
+                await asyncio.sleep(1.5)  # what used to be several subscription retries
+                assert (await bus.read(dev, dev.points)).values["model"] == "SV-100"
+        source = "GetServices" if get_services else "GetCapabilities"
+        assert bus.notes(dev.id)["events"] == f"unsupported: the camera lists no events service ({source})"
+        assert metric("edge_gw_onvif_events_supported", bus=dev.id) == 0
+        assert reading.values["snapshot_uri"].endswith("/onvif/snapshot.jpg")
+        said = [r for r in caplog.records if "events are not supported" in r.getMessage()]
+        assert len(said) == 1 and said[0].levelno == logging.INFO
+        assert not [op for op in cam.requests if "Subscription" in op or op == "GetEventProperties"]
+
+
+async def test_tls_failure_is_named(tmp_path: Path) -> None:
+    """A TLS endpoint whose certificate the client does not trust: reason tls, with detail."""
+    import ssl
+
+    import aiohttp
+
+    from drivers.onvif.driver import classify
+    from tests.support.sync_certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pki.server_cert, pki.server_key)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(aiohttp.ClientError) as e:
+                async with asyncio.timeout(5):
+                    await http.get(f"https://127.0.0.1:{port}/onvif/media_service")
+        err = classify(e.value, "GetProfiles", 5)
+        assert isinstance(err, DeviceUnavailable) and err.reason == "tls"
+        assert err.detail.startswith("GetProfiles: TLS: ") and "certificate" in err.detail.lower()
+    finally:
+        server.close()
+        await server.wait_closed()
