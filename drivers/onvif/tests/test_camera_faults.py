@@ -321,7 +321,7 @@ async def test_no_events_service_found_and_never_subscribed(
         source = "GetServices" if get_services else "GetCapabilities"
         assert bus.notes(dev.id)["events"] == f"unsupported: the camera lists no events service ({source})"
         assert metric("edge_gw_onvif_events_supported", bus=dev.id) == 0
-        assert reading.values["snapshot_uri"].endswith("/onvif/snapshot.jpg")
+        assert str(reading.values["snapshot_uri"]).endswith("/onvif/snapshot.jpg")
         said = [r for r in caplog.records if "events are not supported" in r.getMessage()]
         assert len(said) == 1 and said[0].levelno == logging.INFO
         assert not [op for op in cam.requests if "Subscription" in op or op == "GetEventProperties"]
