@@ -1,6 +1,6 @@
 """A Debian root built with mmdebstrap, booted with systemd-nspawn, driven with nsenter.
 
-The root (minbase + systemd, python3, python3-venv, dbus) is built from the Debian mirror the
+The root (minbase + systemd, systemd-sysv, dbus, python3) is built from the Debian mirror the
 host's apt already uses and cached as a tarball under ``$EDGE_BUILD_CACHE`` (default
 /tmp/edge-build) keyed by a hash of the suite, mirror, package list and mmdebstrap version,
 so a CI run builds it once. Each test run unpacks a fresh copy.
@@ -30,7 +30,9 @@ import pytest
 BUILD_CACHE = Path(os.environ.get("EDGE_BUILD_CACHE", "/tmp/edge-build"))
 SUITE = "bookworm"
 VARIANT = "minbase"
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv")
+# python3 only: the offline install makes its venv --without-pip (no ensurepip, so no
+# python3-venv) and takes pip from the bundle
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3")
 TOOLS = {"systemd-nspawn": "systemd-container", "mmdebstrap": "mmdebstrap", "nsenter": "util-linux"}
 INSIDE_ENV = ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8",
               "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0"]

@@ -33,7 +33,7 @@ from tests.boot.nspawn import (
     root_tarball,
     unpack_root,
 )
-from tests.support.ops_systemd import build_bundle, read_manifest
+from tests.support.ops_systemd import build_bundle, clean_clone, read_manifest
 
 pytestmark = [pytest.mark.boot, pytest.mark.timeout(300)]
 
@@ -43,6 +43,7 @@ BROKEN_CONFIG = '[gateway]\nid = "gw"\n[[devices]]\nid = 3\n'
 INSTALL = "cd /root && PIP_NO_INDEX=1 bash /root/bundle/*/install.sh --offline /root/bundle.tar.gz"
 T = TypeVar("T")
 BUFFER = "/var/lib/edge-gateway/buffer.db"
+REFUSE_DROPIN = "/run/systemd/system/edge-gateway.service.d/60-boot-test-refuse.conf"
 WATCHDOG_DROPIN = "/run/systemd/system/edge-gateway.service.d/50-boot-test-watchdog.conf"
 
 
@@ -288,6 +289,42 @@ def test_broken_config_exits_78_and_is_not_restarted(installed: Machine) -> None
         m.c.run(f"cp -p /root/gateway.toml.good {conf} && systemctl reset-failed {UNIT}; "
                 f"systemctl start {UNIT}", timeout=150)
     wait_for("the unit active", lambda: active(m), 60)
+
+
+def test_failed_upgrade_puts_the_running_version_back(installed: Machine,
+                                                      tmp_path: Path) -> None:
+    """A newer bundle whose service does not come up: undone, the old version runs again."""
+    m = installed
+    src = clean_clone(tmp_path / "newer")
+    with (src / "README.md").open("a") as f:
+        f.write("\nA newer build.\n")
+    new_dir, new_tar = build_bundle(tmp_path / "newer-bundle", source=src)
+    new_id = read_manifest(new_dir)["id"]
+    assert new_id != m.manifest["id"]
+    shutil.copy2(new_tar, m.root / "root/newer.tar.gz")
+    # the box refuses to start the new version (as a broken dependency would)
+    m.c.run(f"mkdir -p {os.path.dirname(REFUSE_DROPIN)} && printf '[Service]\\n"
+            f"ExecStartPre=/bin/sh -c \"! readlink /opt/edge-gateway/current | grep -q {new_id}\"\\n'"
+            f" > {REFUSE_DROPIN} && systemctl daemon-reload")
+    try:
+        before = box_listing(m.c)
+        pid = m.c.show(UNIT, "MainPID")["MainPID"]
+        proc = m.c.run("PIP_NO_INDEX=1 bash /root/bundle/*/install.sh --offline /root/newer.tar.gz",
+                       timeout=400, check=False)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        errors = [ln for ln in (proc.stdout + proc.stderr).splitlines()
+                  if ln.startswith("install.sh: error:")]
+        assert len(errors) == 1 and "did not start" in errors[0], proc.stdout + proc.stderr
+        assert f"switched /opt/edge-gateway/current to versions/{new_id}" in proc.stdout
+        after = wait_for("the old version active again", lambda: active(m), 60)
+        assert after["MainPID"] != pid
+        assert box_listing(m.c) == before
+        current = m.c.run("readlink /opt/edge-gateway/current").stdout.strip()
+        assert current == f"versions/{m.manifest['id']}"
+        status, _ = http_get(m.c, "/api/v1/health")
+        assert status == 200
+    finally:
+        m.c.run(f"rm -f {REFUSE_DROPIN} && systemctl daemon-reload", check=False)
 
 
 @pytest.mark.parametrize(

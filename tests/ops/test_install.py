@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,8 +17,11 @@ from tests.support.ops_systemd import (
     REPO,
     SYSTEMD_DIR,
     analyze,
+    build_bundle,
+    clean_clone,
     exposure,
     parse_unit,
+    read_manifest,
     require_systemd_tools,
     with_fake_exec,
 )
@@ -278,3 +283,175 @@ def test_broken_config_leaves_the_box_unchanged(tmp_path: Path) -> None:
     lines = error_lines(proc)
     assert len(lines) == 1, proc.stdout + proc.stderr
     assert "gateway.toml" in lines[0] and "fix" in lines[0]
+
+
+# --------------------------------------------------------------------------- offline bundle
+
+# what a box without a package index looks like to pip: an index that refuses connections
+NO_INDEX_ENV = {
+    "PIP_NO_INDEX": "1",
+    "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+    "PIP_FIND_LINKS": "",
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(directory, tarball) of a bundle of this tree."""
+    return build_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+def offline(root: Path, installer: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """installer --destdir root ARGS in a network namespace of its own: no network at all."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
+    env.update(NO_INDEX_ENV)
+    return subprocess.run(
+        ["unshare", "--net", "--", "bash", str(installer), "--destdir", str(root),
+         "--prefix", PREFIX, "--no-start", *args],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+
+
+def test_offline_install_from_a_clean_clone_with_no_index(
+    tmp_path: Path, bundle: tuple[Path, Path]
+) -> None:
+    bundle_dir, tarball = bundle
+    manifest = read_manifest(bundle_dir)
+    clone = clean_clone(tmp_path / "clone")
+    assert not (clone / ".venv").exists()
+    root = tmp_path / "root"
+    box(root)
+    proc = offline(root, clone / "systemd/install.sh", "--offline", str(tarball))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert error_lines(proc) == []
+    prefix = root / PREFIX.lstrip("/")
+    assert os.readlink(prefix / "current") == f"versions/{manifest['id']}"
+    assert not (prefix / "previous").exists()
+    venv = prefix / "current/venv"
+    version = subprocess.run([str(venv / "bin/edge-gateway"), "version"], capture_output=True,
+                             text=True, timeout=60)
+    assert version.stdout.startswith(f"edge-gateway {manifest['version']} "), version
+    assert (venv / "bin/pip").exists() and (venv / "bin/hwsim").exists()
+    unit = parse_unit((root / "etc/systemd/system/edge-gateway.service").read_text())
+    exec_start = unit["Service"]["ExecStart"][0].split()[0]
+    assert exec_start == f"{PREFIX}/current/venv/bin/edge-gateway"
+    assert (root / exec_start.lstrip("/")).exists()
+    assert (root / "etc/edge-gateway/gateway.toml").exists()
+    assert "edge-gateway:" in (root / "etc/passwd").read_text()
+    assert (prefix / "README.md").exists() and (prefix / "INSTALL.md").exists()
+    # again, from the unpacked bundle's own installer: nothing changes
+    before = snapshot(root)
+    again = offline(root, bundle_dir / "install.sh")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"version {manifest['id']} is already installed" in again.stdout
+    assert snapshot(root) == before
+
+
+def test_offline_broken_config_leaves_the_box_unchanged(
+    tmp_path: Path, bundle: tuple[Path, Path]
+) -> None:
+    """--config with a broken file, on a fresh box: the new venv is built, checks, and goes."""
+    root = tmp_path / "root"
+    box(root)
+    broken = tmp_path / "site.toml"
+    broken.write_text(BROKEN_CONFIG)
+    before = snapshot(root)
+    proc = offline(root, SYSTEMD_DIR / "install.sh", "--offline", str(bundle[1]),
+                   "--config", str(broken))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert snapshot(root) == before
+    lines = error_lines(proc)
+    assert len(lines) == 1, proc.stdout + proc.stderr
+    assert "edge-gateway check failed for" in lines[0] and "site.toml" in lines[0]
+    assert "devices[0].class: required key is missing" in proc.stderr  # the check's own list
+
+
+def damage_wheel(b: Path) -> str:
+    whl = next((b / "wheels").glob("pydantic-*.whl"))
+    data = bytearray(whl.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    whl.write_bytes(bytes(data))
+    return "fails its SHA256SUMS"
+
+
+def resign(b: Path) -> None:
+    sums = []
+    for p in sorted(b.rglob("*")):
+        if p.is_file() and p.name != "SHA256SUMS":
+            rel = p.relative_to(b).as_posix()
+            sums.append(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {rel}\n")
+    (b / "SHA256SUMS").write_text("".join(sums))
+
+
+def other_python(b: Path) -> str:
+    text = (b / "MANIFEST").read_text().replace("python_tag=cp311", "python_tag=cp313")
+    (b / "MANIFEST").write_text(text)
+    resign(b)
+    return "the bundle is for Python 313 (cp313)"
+
+
+def other_arch(b: Path) -> str:
+    text = (b / "MANIFEST").read_text().replace("arch=x86_64", "arch=aarch64")
+    (b / "MANIFEST").write_text(text)
+    resign(b)
+    return "the bundle is for aarch64"
+
+
+@pytest.mark.parametrize("damage", [damage_wheel, other_python, other_arch])
+def test_unusable_bundle_is_refused_before_anything_changes(
+    tmp_path: Path, bundle: tuple[Path, Path], damage: Callable[[Path], str]
+) -> None:
+    b = tmp_path / "bundle"
+    shutil.copytree(bundle[0], b)
+    message = damage(b)
+    root = tmp_path / "root"
+    box(root)
+    before = snapshot(root)
+    proc = offline(root, SYSTEMD_DIR / "install.sh", "--offline", str(b))
+    assert proc.returncode == 1
+    assert snapshot(root) == before
+    lines = error_lines(proc)
+    assert len(lines) == 1 and message in lines[0], proc.stdout + proc.stderr
+
+
+def test_no_room_for_the_new_version(tmp_path: Path, bundle: tuple[Path, Path]) -> None:
+    root = tmp_path / "small"
+    root.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(root)], check=True,
+                   timeout=30)
+    try:
+        box(root)
+        before = snapshot(root)
+        proc = offline(root, SYSTEMD_DIR / "install.sh", "--offline", str(bundle[1]))
+        assert proc.returncode == 1
+        assert snapshot(root) == before
+        lines = error_lines(proc)
+        assert len(lines) == 1 and "MB free on" in lines[0] and "needs" in lines[0], lines
+    finally:
+        subprocess.run(["umount", str(root)], check=True, timeout=30)
+
+
+def test_upgrade_then_roll_back(tmp_path: Path, bundle: tuple[Path, Path]) -> None:
+    old_dir, old_tar = bundle
+    old = read_manifest(old_dir)
+    src = clean_clone(tmp_path / "newer")
+    with (src / "README.md").open("a") as f:
+        f.write("\nA newer build.\n")
+    new_dir, new_tar = build_bundle(tmp_path / "newer-bundle", source=src)
+    new = read_manifest(new_dir)
+    assert new["id"] != old["id"] and new["version"] == old["version"]
+    root = tmp_path / "root"
+    box(root)
+    prefix = root / PREFIX.lstrip("/")
+    assert offline(root, SYSTEMD_DIR / "install.sh", "--offline", str(old_tar)).returncode == 0
+    up = offline(root, SYSTEMD_DIR / "install.sh", "--offline", str(new_tar))
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert os.readlink(prefix / "current") == f"versions/{new['id']}"
+    assert os.readlink(prefix / "previous") == f"versions/{old['id']}"
+    assert "A newer build." in (prefix / "README.md").read_text()
+    back = offline(root, SYSTEMD_DIR / "install.sh", "--rollback")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert os.readlink(prefix / "current") == f"versions/{old['id']}"
+    assert os.readlink(prefix / "previous") == f"versions/{new['id']}"
+    assert (prefix / "current/venv/bin/edge-gateway").exists()

@@ -119,3 +119,18 @@ def build_bundle(out: Path, source: Path = REPO) -> tuple[Path, Path]:
 def read_manifest(bundle_dir: Path) -> dict[str, str]:
     lines = (bundle_dir / "MANIFEST").read_text().splitlines()
     return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+def clean_clone(dest: Path) -> Path:
+    """The project's files as a fresh clone has them: no venv, no build leftovers."""
+    files = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True, check=True, timeout=60,
+    ).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).write_bytes(src.read_bytes())
+            (dest / rel).chmod(src.stat().st_mode & 0o777)
+    return dest
