@@ -253,7 +253,8 @@ if [ "$UNINSTALL" = 1 ]; then
     done
     rm -rf "$DROPIN_DIR"
     rm -f "$SYSUSERS" "$TMPFILES"
-    rm -rf "${ROOT:?}$PREFIX"
+    case "$PFX" in /|"") die "refusing to remove prefix '$PFX'" ;; esac
+    rm -rf "$PFX"
     if [ "$LIVE_SYSTEMD" = 1 ]; then
         systemctl daemon-reload
         systemctl reset-failed "$SERVICE.service" >/dev/null 2>&1 || true
@@ -487,7 +488,7 @@ if [ "$NEED_NEW_VENV" = 1 ]; then
     mkdir -m 0755 "$VERSION_DIR"
     pip_whl=$(find "$BUNDLE_DIR/wheels" -maxdepth 1 -name 'pip-*.whl' | head -1)
     [ -n "$pip_whl" ] || die "the bundle has no pip wheel: rebuild it with systemd/bundle.py"
-    say "installing $INSTALL_ID into $VERSION_DIR/venv (offline, from the bundle's wheels)"
+    say "installing $INSTALL_ID into $VERSION_DIR/venv (from the bundle's wheels only, no index)"
     "$PY" -m venv --without-pip "$VERSION_DIR/venv" >"$TXN/venv.log" 2>&1 || \
         die "cannot create $VERSION_DIR/venv ($(tail -1 "$TXN/venv.log")): apt-get install python3-venv"
     if ! env PIP_NO_INDEX=1 PIP_FIND_LINKS="$BUNDLE_DIR/wheels" PIP_NO_CACHE_DIR=1 \

@@ -388,3 +388,18 @@ def test_poweroff_and_boot_again_keep_the_buffer_and_its_sequence(installed: Mac
     assert f"last seq {hi}," in log, log[-2000:]
     status, _ = http_get(m.c, "/api/v1/health")
     assert status == 200
+
+
+def test_uninstall_keeps_the_buffer_and_purge_removes_everything(installed: Machine) -> None:
+    m = installed
+    uninstall = "bash /root/bundle/*/install.sh --uninstall"
+    proc = m.c.run(uninstall, timeout=120)
+    assert "kept /etc/edge-gateway" in proc.stdout
+    assert m.c.show(UNIT, "LoadState")["LoadState"] == "not-found"
+    assert m.c.run("test ! -e /opt/edge-gateway && test -s /var/lib/edge-gateway/buffer.db "
+                   "&& test -f /etc/edge-gateway/gateway.toml", check=False).returncode == 0
+    m.c.run(uninstall + " --purge", timeout=120)
+    gone = m.c.run("test ! -e /etc/edge-gateway && test ! -e /var/lib/edge-gateway && "
+                   "! getent passwd edge-gateway", check=False)
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    m.installed = False
