@@ -50,6 +50,7 @@ PURGE=0
 SERVICE=edge-gateway
 USER_NAME=edge-gateway
 
+MAIN_PID=$$
 TXN=
 UNDO=()
 FAILED=0
@@ -61,6 +62,8 @@ warn() { echo "install.sh: warning: $*" >&2; }
 die() {
     trap - ERR
     set +e
+    # in a subshell ($(...), pipelines): leave the undo and the message to the main shell
+    [ "$BASHPID" = "$MAIN_PID" ] || exit 1
     if [ "$FAILED" = 0 ]; then
         FAILED=1
         undo_all
@@ -419,8 +422,9 @@ command -v systemctl >/dev/null || die "systemctl not found: this installer need
 # --- Python version and architecture match the bundle
 if [ -n "$BUNDLE_DIR" ]; then
     command -v "$PY" >/dev/null || die "$PY not found: apt-get install python3"
-    read -r here_tag here_ver here_arch < <("$PY" -c 'import sys, platform; v = sys.version_info; print(f"cp{v[0]}{v[1]} {v[0]}.{v[1]} {platform.machine()}")') || \
+    here=$("$PY" -c 'import sys, platform; v = sys.version_info; print(f"cp{v[0]}{v[1]} {v[0]}.{v[1]} {platform.machine()}")') || \
         die "$PY does not run: apt-get install --reinstall python3"
+    read -r here_tag here_ver here_arch <<<"$here"
     want_tag=$(manifest python_tag)
     want_arch=$(manifest arch)
     if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then
@@ -489,6 +493,7 @@ if [ "$NEED_NEW_VENV" = 1 ]; then
     pip_whl=$(find "$BUNDLE_DIR/wheels" -maxdepth 1 -name 'pip-*.whl' | head -1)
     [ -n "$pip_whl" ] || die "the bundle has no pip wheel: rebuild it with systemd/bundle.py"
     say "installing $INSTALL_ID into $VERSION_DIR/venv (from the bundle's wheels only, no index)"
+    [ -z "$DESTDIR" ] || warn "a venv under --destdir runs only where $DESTDIR exists (its scripts name that path and this box's $PY); for an image root run install.sh inside it (chroot ROOT /path/to/bundle/install.sh)"
     "$PY" -m venv --without-pip "$VERSION_DIR/venv" >"$TXN/venv.log" 2>&1 || \
         die "cannot create $VERSION_DIR/venv ($(tail -1 "$TXN/venv.log")): apt-get install python3-venv"
     if ! env PIP_NO_INDEX=1 PIP_FIND_LINKS="$BUNDLE_DIR/wheels" PIP_NO_CACHE_DIR=1 \
@@ -638,11 +643,13 @@ for name in "${NEW_SECRETS[@]}"; do
     cp -p "$TXN/creds/$name" "$CREDS/$name"
     say "generated secret $name"
 done
+secret_files=$(find "$CREDS" -maxdepth 1 -type f)
 while IFS= read -r f; do
+    [ -n "$f" ] || continue
     track "$f"
     chmod 0600 "$f"
     [ "$IS_ROOT" = 0 ] || chown 0:0 "$f"
-done < <(find "$CREDS" -maxdepth 1 -type f)
+done <<<"$secret_files"
 
 # 4. configuration: the example on first install, --config when given, else kept
 case "$CONFIG_ACTION" in

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -115,9 +116,17 @@ def box_listing(c: Container) -> str:
     ).stdout
 
 
+@dataclass
+class Artifacts:
+    tarball: Path
+    bundle_dir: Path
+    bundle_tar: Path
+    timings: dict[str, float]
+
+
 @pytest.fixture(scope="module")
-def m(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
-    t_start = time.monotonic()
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+    """The root tarball (cached) and a bundle of this tree."""
     timings: dict[str, float] = {}
     apt = require_tools()
     if apt:
@@ -125,10 +134,18 @@ def m(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     t = time.monotonic()
     tarball = root_tarball()
     timings["root tarball (cached or built)"] = time.monotonic() - t
-    base = tmp_path_factory.mktemp("boot")
     t = time.monotonic()
-    bundle_dir, bundle_tar = build_bundle(base / "bundle")
+    bundle_dir, bundle_tar = build_bundle(tmp_path_factory.mktemp("bundle"))
     timings["bundle build"] = time.monotonic() - t
+    return Artifacts(tarball, bundle_dir, bundle_tar, timings)
+
+
+@pytest.fixture(scope="module")
+def m(tmp_path_factory: pytest.TempPathFactory, artifacts: Artifacts) -> Iterator[Machine]:
+    t_start = time.monotonic()
+    timings = dict(artifacts.timings)
+    tarball, bundle_dir, bundle_tar = artifacts.tarball, artifacts.bundle_dir, artifacts.bundle_tar
+    base = tmp_path_factory.mktemp("boot")
     t = time.monotonic()
     root = unpack_root(tarball, base / "root")
     timings["root unpack"] = time.monotonic() - t
@@ -403,3 +420,33 @@ def test_uninstall_keeps_the_buffer_and_purge_removes_everything(installed: Mach
                    "! getent passwd edge-gateway", check=False)
     assert gone.returncode == 0, gone.stdout + gone.stderr
     m.installed = False
+
+
+def test_bundle_installed_into_a_root_before_its_first_boot(
+    artifacts: Artifacts, tmp_path: Path
+) -> None:
+    """What a disk image build does: install into the root (chroot, no systemd running),
+    then boot it: the unit starts by itself and answers."""
+    root = unpack_root(artifacts.tarball, tmp_path / "root")
+    try:
+        shutil.copytree(artifacts.bundle_dir, root / "root/bundle")
+        proc = subprocess.run(
+            ["unshare", "--net", "--", "chroot", str(root), "env", "-i",
+             "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "PIP_NO_INDEX=1", "bash",
+             "/root/bundle/install.sh"],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "systemd is not running: not started" in proc.stderr
+        c = Container(root, f"egw-image-{os.getpid()}", tmp_path / "console.log")
+        try:
+            c.boot()
+            m = Machine(c, root, read_manifest(artifacts.bundle_dir))
+            wait_for("the unit active at boot", lambda: active(m), 90)
+            status, body = http_get(c, "/api/v1/health")
+            assert status == 200 and body["ready"] is True, body
+            c.poweroff()
+        finally:
+            c.kill()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -455,3 +455,22 @@ def test_upgrade_then_roll_back(tmp_path: Path, bundle: tuple[Path, Path]) -> No
     assert os.readlink(prefix / "current") == f"versions/{old['id']}"
     assert os.readlink(prefix / "previous") == f"versions/{new['id']}"
     assert (prefix / "current/venv/bin/edge-gateway").exists()
+
+
+def test_a_python_that_does_not_run_gives_one_error_line(
+    tmp_path: Path, bundle: tuple[Path, Path]
+) -> None:
+    root = tmp_path / "root"
+    box(root)
+    before = snapshot(root)
+    env = {**os.environ, "PYTHON": "/bin/false"}
+    proc = subprocess.run(
+        ["bash", str(SYSTEMD_DIR / "install.sh"), "--destdir", str(root), "--prefix", PREFIX,
+         "--no-start", "--offline", str(bundle[0])],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 1
+    assert snapshot(root) == before
+    lines = error_lines(proc)
+    assert lines == ["install.sh: error: /bin/false does not run: apt-get install --reinstall python3"], (
+        proc.stdout + proc.stderr)
