@@ -7,6 +7,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
 
 from gateway import metrics
 from gateway.classes import device_classes
+from gateway.supervisor import PointErrors, device_state
 
 if TYPE_CHECKING:
     from gateway.app import GatewayApp
@@ -98,27 +100,23 @@ class ApiServer:
 
     # ------------------------------------------------------------------ handlers
     async def health(self, request: web.Request) -> web.Response:
-        g = self.gw
-        reasons = list(g.not_ready_reasons)
-        buses_down = [n for n, r in g.runners.items() if not r.is_open]
-        body = {
-            "live": True,
-            "ready": g.ready and not reasons,
-            "reasons": reasons,
-            "buses_down": sorted(buses_down),
-            "devices": _summary(g),
-        }
+        """Liveness, readiness and status with reasons (``gateway.health``): 200 when
+        ready, 503 when not; a ``degraded`` gateway is ready."""
+        body = await self.gw.health()
         return _json(body, 200 if body["ready"] else 503)
 
-    def _device_view(self, dev_id: str) -> dict[str, Any]:
+    def _device_view(self, dev_id: str, errors: Mapping[str, PointErrors]) -> dict[str, Any]:
         g = self.gw
         d = g.config.devices[dev_id]
         tr = g.trackers.get(dev_id)
-        state = "disabled" if tr is None else ("online" if tr.online else "offline" if tr.online is False else "unknown")
+        pe = errors.get(dev_id)
+        state = device_state(tr, pe)
         quality = "good"
         if tr is not None:
             if tr.online is False:
                 quality = "stale" if tr.stale_sent else "bad"
+            elif state == "misconfigured":
+                quality = "bad"
             elif tr.bad_points:
                 quality = "uncertain"
         return {
@@ -134,14 +132,17 @@ class ApiServer:
             "quality": quality,
             "last_seen": tr.last_seen if tr else None,
             "last_error": tr.last_error if tr else None,
+            "point_errors": pe.as_list() if pe is not None else [],
+            "notes": _notes(g, d.bus, dev_id),
             "name": d.section.name,
             "location": dict(d.section.location),
         }
 
     async def devices(self, request: web.Request) -> web.Response:
         cls = request.query.get("class")
+        errors = self.gw.point_errors()
         out = [
-            self._device_view(i)
+            self._device_view(i, errors)
             for i, d in self.gw.config.devices.items()
             if cls is None or d.spec.cls == cls
         ]
@@ -151,7 +152,7 @@ class ApiServer:
         dev_id = request.match_info["id"]
         if dev_id not in self.gw.config.devices:
             return _problem(404, "unknown device", dev_id)
-        return _json(self._device_view(dev_id))
+        return _json(self._device_view(dev_id, self.gw.point_errors()))
 
     async def points(self, request: web.Request) -> web.Response:
         dev_id = request.match_info["id"]
@@ -229,7 +230,13 @@ class ApiServer:
         return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _summary(g: GatewayApp) -> dict[str, int]:
-    from gateway.supervisor import summarize
-
-    return summarize(list(g.trackers.values()))
+def _notes(g: GatewayApp, bus: str, dev_id: str) -> dict[str, str]:
+    """What the device's driver learned about it (``Bus.notes``)."""
+    runner = g.runners.get(bus)
+    if runner is None or runner.bus is None:
+        return {}
+    try:
+        return {str(k): str(v) for k, v in runner.bus.notes(dev_id).items()}
+    except Exception:  # a driver bug must not break the API
+        log.exception("notes of device %s failed", dev_id)
+        return {}

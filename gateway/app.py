@@ -24,6 +24,7 @@ from gateway.record import Record
 from gateway.record import now as ts_now
 from gateway.supervisor import (
     BusRunner,
+    PointErrors,
     StartupError,
     cancel_and_wait,
     group_by_bus,
@@ -54,6 +55,7 @@ class GatewayApp:
         self.ready = False
         self.not_ready_reasons: list[str] = ["starting"]
         self.watchdog: Any = None
+        self._status_text = ""
         self._loop_error_kinds: set[str] = set()
         self.started_at = ts_now()
 
@@ -222,11 +224,20 @@ class GatewayApp:
             kind="lifecycle", v=v, ts=ts_now(), attrs=attrs,
         )
 
+    def point_errors(self) -> dict[str, PointErrors]:
+        """Each polled device's current point errors, by device id."""
+        return {
+            dev_id: dr.point_errors
+            for runner in self.runners.values()
+            for dev_id, dr in runner.runners.items()
+        }
+
     def _update_device_gauges(self) -> None:
         metrics.DEVICES.clear()
+        errors = self.point_errors()
         for cls in {d.spec.cls for d in self.config.devices.values()}:
             trs = [t for t in self.trackers.values() if t.cls == cls]
-            for state, n in summarize(trs).items():
+            for state, n in summarize(trs, errors).items():
                 metrics.DEVICES.labels(cls, state).set(n)
 
     async def run_forever(self) -> None:
@@ -259,13 +270,14 @@ class GatewayApp:
             await self.stop()
             return
         settle_heap()
+        await self._notify_status(send=False)  # sent with READY=1
         self._notify_ready()
         try:
             while not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=5.0)
                 self._update_device_gauges()
-                self._notify_status()
+                await self._notify_status()
                 await self._flush_aggregates(time.time())
         finally:
             await self.stop()
@@ -344,8 +356,7 @@ class GatewayApp:
         or without systemd, and pings the systemd watchdog only when one is configured."""
         from gateway import sdnotify
 
-        sdnotify.ready()
-        self._notify_status()
+        sdnotify.ready(self._status_text or None)
         if self.watchdog is None:
             try:
                 self.watchdog = sdnotify.Watchdog(health=self._healthy)
@@ -354,20 +365,53 @@ class GatewayApp:
                 self.watchdog = sdnotify.Watchdog(health=self._healthy, environ={})
             self.watchdog.start()
 
-    def _notify_status(self) -> None:
+    async def health(self) -> dict[str, Any]:
+        """The verdict ``GET /api/v1/health`` returns (see :mod:`gateway.health`)."""
+        from gateway import health
+
+        snap = await health.snapshot(self)
+        ready, not_ready = health.readiness(snap)
+        status, reasons = health.evaluate(snap)
+        wd = self.watchdog
+        lag = float(wd.last_lag) if wd is not None else 0.0
+        live = wd is None or lag <= wd.lag_threshold
+        return {
+            "live": live,
+            "ready": ready,
+            "reasons": not_ready,
+            "status": status,
+            "status_reasons": [r.to_dict() for r in reasons],
+            "buses_down": list(snap.buses_down),
+            "devices": summarize(list(self.trackers.values()), self.point_errors()),
+            "uplinks": {u["name"]: bool(u.get("connected")) for u in snap.uplinks},
+            "clock_synchronised": snap.clock_synchronised,
+            "loop_lag_seconds": round(lag, 4),
+        }
+
+    async def _notify_status(self, *, send: bool = True) -> None:
+        """STATUS= for systemd: the same status and reasons as /api/v1/health."""
         try:
-            from gateway import sdnotify
+            from gateway import health, sdnotify
         except ImportError:
             return
-        s = summarize(list(self.trackers.values()))
-        pending = ""
-        if self.buffer is not None and self.uplinks:
-            with contextlib.suppress(Exception):
-                pending = ", " + ", ".join(
+        try:
+            snap = await health.snapshot(self)
+            status, reasons = health.evaluate(snap)
+            pending = ""
+            if self.buffer is not None and self.uplinks:
+                pending = "; " + ", ".join(
                     f"{u.name} pending {self.buffer.pending_count(u.name)}" for u in self.uplinks
                 )
-        with contextlib.suppress(Exception):
-            sdnotify.status(f"{s['online']} online, {s['offline']} offline devices{pending}")
+            text = health.status_line(
+                status, reasons, summarize(list(self.trackers.values()), self.point_errors()), pending
+            )
+        except Exception:
+            log.exception("building the status line failed")
+            return
+        self._status_text = text
+        if send:
+            with contextlib.suppress(Exception):
+                sdnotify.status(text)
 
     async def stop(self) -> None:
         """Stop polling, commit what is in flight, stop uplinks and the API, close the buffer."""
@@ -463,8 +507,10 @@ class GatewayApp:
                 except Exception as exc:
                     log.error("reload: bus %s failed to open: %s", name, exc)
                 runner.start(self._spawn)
-        for runner in self.runners.values():
+        for name, runner in self.runners.items():
             runner.trackers = self.trackers
+            if name not in changed and runner.bus is not None:
+                runner.bus.reloaded()
         self.config = _merge_keep(old, new, needs_restart)
         if self.commands is not None:
             self.commands.devices = self.config.devices

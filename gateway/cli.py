@@ -124,20 +124,41 @@ def cmd_drivers(args: argparse.Namespace) -> int:
     return 1 if any(r["error"] for r in rows) and args.strict else 0
 
 
+def _sorted_issues(exc: ConfigError) -> list[Any]:
+    """The config file's errors first, then each profile file's, each in line order."""
+    first_seen: dict[str, int] = {}
+    for n, i in enumerate(exc.issues):
+        first_seen.setdefault(i.file, n)
+    return sorted(exc.issues, key=lambda i: (first_seen[i.file], i.line or 0))
+
+
 def _print_issues(exc: ConfigError, as_json: bool) -> None:
+    issues = _sorted_issues(exc)
     if as_json:
-        _emit_json({"ok": False, "errors": [i.to_dict() for i in exc.issues]})
+        _emit_json({"ok": False, "count": len(issues), "errors": [i.to_dict() for i in issues]})
         return
-    err.print(f"[bold red]{len(exc.issues)} error(s) in the configuration:[/]")
-    for i in exc.issues:
-        where = f"{i.file}:{i.line}" if i.line else i.file
-        err.print(f"  [cyan]{where}[/]: [bold]{i.path or '(top level)'}[/]: {i.message}", highlight=False)
+    n_cons = sum(len(i.consequences) for i in issues)
+    extra = f" (and {n_cons} consequence(s), shown under their cause)" if n_cons else ""
+    err.print(f"[bold red]{len(issues)} error(s) in the configuration{extra}:[/]", soft_wrap=True)
+    # one line per error (file:line: key path: message) for grep and editors; the terminal wraps
+    for i in issues:
+        err.print(f"  [cyan]{i.where}[/]: [bold]{i.path or '(top level)'}[/]: {i.message}", highlight=False, soft_wrap=True)
+        for c in i.consequences:
+            err.print(
+                f"      [dim]consequence:[/] [cyan]{c.where}[/]: [bold]{c.path or '(top level)'}[/]: {c.message}",
+                highlight=False, soft_wrap=True,
+            )
 
 
 def check_summary(cfg: Config) -> dict[str, Any]:
     by_class = Counter(d.spec.cls for d in cfg.devices.values())
     by_bus = Counter(d.bus for d in cfg.devices.values())
     by_driver = Counter(cfg.buses[d.bus].driver for d in cfg.devices.values())
+    implicit = {d.bus for d in cfg.devices.values() if d.section.bus is None}
+    buses = [
+        {"name": name, "driver": spec.driver, "devices": by_bus.get(name, 0), "implicit": name in implicit}
+        for name, spec in sorted(cfg.buses.items())
+    ]
     privacy: list[dict[str, Any]] = []
     privacy_warnings: list[str] = []
     try:
@@ -156,11 +177,95 @@ def check_summary(cfg: Config) -> dict[str, Any]:
         "by_class": dict(sorted(by_class.items())),
         "by_bus": dict(sorted(by_bus.items())),
         "by_driver": dict(sorted(by_driver.items())),
+        "buses": buses,
         "profiles": len(cfg.profiles),
         "uplinks": [{"name": u.name, "kind": getattr(u, "kind", "?")} for u in cfg.uplinks],
         "privacy": privacy,
         "warnings": [*cfg.warnings, *privacy_warnings],
     }
+
+
+_SUMMARISE_AT = 4  # this many one-device buses of one driver are one line, not table rows
+
+
+def _bus_lines(buses: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Buses worth a table row, and one-line summaries of the many similar ones: devices with
+    a connection of their own, and configured buses that carry one device each."""
+    lines: list[str] = []
+    own = [b for b in buses if b["implicit"]]
+    if own:
+        per = Counter(b["driver"] for b in own)
+        lines.append(
+            (f"{len(own)} devices have their own connection" if len(own) > 1 else "1 device has its own connection")
+            + " (no [[buses]] entry): "
+            + ", ".join(f"{d} {n}" for d, n in sorted(per.items()))
+        )
+    rows = [b for b in buses if not b["implicit"]]
+    singles = Counter(b["driver"] for b in rows if b["devices"] == 1)
+    for drv, n in sorted(singles.items()):
+        if n >= _SUMMARISE_AT:
+            lines.append(f"{n} {drv} buses with one device each (names in --json)")
+    rows = [b for b in rows if not (b["devices"] == 1 and singles[b["driver"]] >= _SUMMARISE_AT)]
+    return rows, lines
+
+
+def _privacy_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rules that differ only in the field, as one row listing the fields."""
+    groups: dict[tuple[str, ...], dict[str, Any]] = {}
+    for r in rows:
+        key = tuple(str(r.get(k, "")) for k in ("class", "point", "action", "param", "source", "note"))
+        g = groups.setdefault(key, {**r, "fields": []})
+        g["fields"].append(str(r.get("field", "")))
+    return list(groups.values())
+
+
+def _render_summary(s: dict[str, Any]) -> None:
+    from rich import box
+
+    out.print(f"[green]OK[/] {s['file']}: gateway {s['gateway']}, {s['devices']} devices, {s['profiles']} profiles")
+    t = Table(title="Devices by class", title_justify="left")
+    t.add_column("class", overflow="fold")
+    t.add_column("devices", justify="right")
+    for k, v in s["by_class"].items():
+        t.add_row(k, str(v))
+    out.print(t)
+    rows, lines = _bus_lines(s["buses"])
+    if rows:
+        t = Table(title="Buses", title_justify="left")
+        t.add_column("bus", overflow="fold")
+        t.add_column("driver", overflow="fold")
+        t.add_column("devices", justify="right")
+        for b in rows:
+            t.add_row(b["name"], b["driver"], str(b["devices"]))
+        out.print(t)
+    for line in lines:
+        out.print(line, highlight=False, markup=False)
+    t = Table(title="Devices by driver", title_justify="left")
+    t.add_column("driver", overflow="fold")
+    t.add_column("devices", justify="right")
+    for k, v in s["by_driver"].items():
+        t.add_row(k, str(v))
+    out.print(t)
+    if s["uplinks"]:
+        out.print("Uplinks: " + ", ".join(f"{u['name']} ({u['kind']})" for u in s["uplinks"]))
+    if s["privacy"]:
+        t = Table(
+            title="Effective privacy policy (every rule: --json)", title_justify="left",
+            box=box.SIMPLE_HEAD, expand=True,
+        )
+        t.add_column("applies to", overflow="fold", max_width=20)
+        t.add_column("action", overflow="fold", max_width=18)
+        t.add_column("fields", overflow="fold", ratio=1)
+        for g in _privacy_groups(s["privacy"]):
+            where = g["class"] if g["point"] == "*" else f"{g['class']}\npoint {g['point']}"
+            action = g["action"] + (f" {g['param']}" if g["param"] else "")
+            if g["source"] != "default":
+                action += f" ({g['source']} rule)"
+            fields = ", ".join(g["fields"])
+            if g["note"]:
+                fields += f"\n[yellow]{g['note']}[/]"
+            t.add_row(where, action, fields)
+        out.print(t)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -173,24 +278,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(s)
         return 0
-    out.print(f"[green]OK[/] {s['file']}: gateway {s['gateway']}, {s['devices']} devices, {s['profiles']} profiles")
-    for title, key in (("class", "by_class"), ("bus", "by_bus"), ("driver", "by_driver")):
-        t = Table(title=f"Devices by {title}", title_justify="left")
-        t.add_column(title)
-        t.add_column("devices", justify="right")
-        for k, v in s[key].items():
-            t.add_row(k, str(v))
-        out.print(t)
-    if s["uplinks"]:
-        out.print("Uplinks: " + ", ".join(f"{u['name']} ({u['kind']})" for u in s["uplinks"]))
-    if s["privacy"]:
-        t = Table(title="Effective privacy policy", title_justify="left")
-        cols = list(s["privacy"][0].keys())
-        for c in cols:
-            t.add_column(c)
-        for row in s["privacy"]:
-            t.add_row(*(str(row.get(c, "")) for c in cols))
-        out.print(t)
+    _render_summary(s)
     for w in s["warnings"]:
         err.print(f"[yellow]warning:[/] {w}")
     return 0
@@ -232,14 +320,47 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class _NoAddress(Exception):
+    """The config file gives no usable local API address (message for the user)."""
+
+
+def api_listen(path: Path) -> str:
+    """``[api] listen`` of the config file, read without resolving anything else: the
+    address is not a secret, and an operator's shell usually cannot resolve the service's
+    credentials (``$CREDENTIALS_DIRECTORY``, its environment)."""
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from gateway.config import ApiSection
+    from gateway.errors import issues_from_validation
+
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise _NoAddress(f"cannot read {path}: {exc.strerror}; give -c FILE or --api URL") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _NoAddress(f"{path} is not valid TOML: {exc}") from None
+    api = data.get("api", {})
+    if not isinstance(api, dict):
+        raise _NoAddress(f"{path}: api: expected a table")
+    known = {k: api[k] for k in ("enabled", "listen") if k in api}
+    try:
+        section = ApiSection.model_validate(known)
+    except ValidationError as exc:
+        issues = issues_from_validation(exc, str(path), text, ("api",))
+        raise _NoAddress("; ".join(f"{i.file}: {i.path}: {i.message}" for i in issues)) from None
+    if not section.enabled:
+        raise _NoAddress(f"{path}: the local API is disabled ([api] enabled = false)")
+    return section.listen
+
+
 def _api_base(args: argparse.Namespace) -> str:
     if args.api:
         return str(args.api).rstrip("/")
-    try:
-        cfg = load_config(args.config)
-        listen = cfg.model.api.listen
-    except ConfigError:
-        listen = "127.0.0.1:8470"
+    listen = api_listen(Path(args.config))
     host, _, port = listen.rpartition(":")
     if host in ("0.0.0.0", "::", "[::]"):
         host = "127.0.0.1"
@@ -247,52 +368,95 @@ def _api_base(args: argparse.Namespace) -> str:
 
 
 def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return json.loads(resp.read())
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 503:  # /health when not ready: the body is the answer
+            return json.loads(exc.read())
+        raise
+
+
+_STATUS_COLOR = {"ok": "green", "degraded": "yellow", "failing": "red"}
+_STATE_COLOR = {"online": "green", "offline": "red", "misconfigured": "red"}
+
+
+def _print_health(health: dict[str, Any], base: str) -> None:
+    status = str(health.get("status", "unknown"))
+    color = _STATUS_COLOR.get(status, "yellow")
+    ready = "ready" if health.get("ready") else "not ready: " + ", ".join(health.get("reasons", []))
+    live = "live" if health.get("live") else "event loop lagging"
+    out.print(f"Gateway: [bold {color}]{status}[/] ({ready}; {live})", highlight=False, soft_wrap=True)
+    for r in health.get("status_reasons", []):
+        out.print(f"  - [{color}]{r['code']}[/]: {r['message']}", highlight=False, soft_wrap=True)
+    devs = health.get("devices") or {}
+    out.print("Devices: " + ", ".join(f"{n} {k}" for k, n in devs.items()), highlight=False, soft_wrap=True)
+    try:
+        ups = _get(f"{base}/api/v1/uplinks")["uplinks"]
+    except (urllib.error.URLError, OSError, KeyError, ValueError):
+        return
+    for u in ups:
+        state = "[green]connected[/]" if u.get("connected") else "[red]disconnected[/]"
+        rest = ", ".join(f"{k}={v}" for k, v in u.items() if k not in ("name", "connected"))
+        out.print(f"Uplink {u['name']}: {state}; {rest}", highlight=False, soft_wrap=True)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    base = _api_base(args)
+    try:
+        base = _api_base(args)
+    except _NoAddress as exc:
+        err.print(f"[red]no local API address:[/] {exc}", highlight=False, soft_wrap=True)
+        return 1
     try:
         data = _get(f"{base}/api/v1/devices")
         health = _get(f"{base}/api/v1/health") if args.command == "status" else None
     except urllib.error.HTTPError as exc:
-        if exc.code == 503 and args.command == "status":
-            health = json.loads(exc.read())
-            data = _get(f"{base}/api/v1/devices")
-        else:
-            err.print(f"[red]local API answered {exc.code}[/] at {base}")
-            return 1
-    except (urllib.error.URLError, OSError) as exc:
+        err.print(f"[red]local API answered {exc.code}[/] at {base}")
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:
         err.print(f"[red]cannot reach the gateway's local API at {base}: {exc}[/] (is it running?)")
         return 1
     if args.json:
         _emit_json({"health": health, **data} if health is not None else data)
         return 0
     if health is not None:
-        state = "[green]ready[/]" if health.get("ready") else "[red]not ready[/] " + ", ".join(health.get("reasons", []))
-        out.print(f"Gateway: {state}; devices {health.get('devices')}")
-        try:
-            ups = _get(f"{base}/api/v1/uplinks")["uplinks"]
-            for u in ups:
-                out.print(f"Uplink {u['name']}: " + ", ".join(f"{k}={v}" for k, v in u.items() if k != "name"))
-        except (urllib.error.URLError, OSError, KeyError):
-            pass
+        _print_health(health, base)
     t = Table(title="Devices")
     for col in ("id", "class", "profile", "bus", "state", "quality", "last seen", "error"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")  # narrow terminals wrap, never cut, names
     import time as _t
 
+    failing: list[tuple[str, dict[str, Any]]] = []
     for d in data["devices"]:
         seen = f"{_t.time() - d['last_seen']:.0f}s ago" if d.get("last_seen") else "never"
-        color = {"online": "green", "offline": "red"}.get(d["state"], "yellow")
-        t.add_row(d["id"], d["class"], d["profile"], d["bus"], f"[{color}]{d['state']}[/]", d["quality"], seen, d.get("last_error") or "")
+        color = _STATE_COLOR.get(d["state"], "yellow")
+        pes = d.get("point_errors") or []
+        failing.extend((d["id"], e) for e in pes)
+        error = d.get("last_error") or (f"{len(pes)} point error(s)" if pes else "")
+        t.add_row(d["id"], d["class"], d["profile"], d["bus"], f"[{color}]{d['state']}[/]", d["quality"], seen, error)
     out.print(t)
+    if failing:
+        pt = Table(title="Point errors")
+        for col in ("device", "point", "reason", "detail"):
+            pt.add_column(col, overflow="fold")
+        for dev, e in failing:
+            pt.add_row(dev, e["point"], e["reason"], e.get("detail", ""))
+        out.print(pt)
+    notes = [(d["id"], k, v) for d in data["devices"] for k, v in sorted((d.get("notes") or {}).items())]
+    if notes:  # what each driver learned about its devices (Bus.notes)
+        nt = Table(title="Notes")
+        for col in ("device", "note", "detail"):
+            nt.add_column(col, overflow="fold")
+        for row in notes:
+            nt.add_row(*row)
+        out.print(nt)
     return 0
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
     drv = args.scan_driver
+    from rich.markup import escape
+
     from gateway.plugin import DriverError
 
     try:
@@ -301,15 +465,30 @@ def cmd_scan(args: argparse.Namespace) -> int:
         err.print(str(exc))
         return 2
     except DriverError as exc:
-        err.print(f"[red]scan failed:[/] {exc}", highlight=False)
+        err.print(f"[red]scan failed:[/] {escape(str(exc))}", highlight=False)
         return 1
+    # replies a scan could not make sense of (onvif: WS-Discovery datagrams) are reported,
+    # never dropped; nothing found but such replies exits 1
+    reports = hasattr(rows, "not_understood")
+    unclear = [dict(u) for u in getattr(rows, "not_understood", ())]
     rows = [dict(r) for r in rows]
+    code = 1 if unclear and not rows else 0
     if args.json:
-        _emit_json({"found": rows})
-        return 0
+        _emit_json({"found": rows, "not_understood": unclear} if reports else {"found": rows})
+    for u in unclear:
+        n = int(u.get("replies", 1))
+        what = f"{n} repl{'y' if n == 1 else 'ies'} not understood from {u['from']}: {_printable(str(u['reason']))}"
+        err.print(f"[yellow]warning:[/] {escape(what)}", highlight=False, soft_wrap=True)
+        for raw in u.get("raw", ()) if not args.json else ():
+            err.print(_printable(raw), markup=False, highlight=False, soft_wrap=True)
+    if args.json:
+        return code
     if not rows:
         out.print("nothing found")
-        return 0
+        return code
+    if any(isinstance(v, list) for r in rows for v in r.values()):
+        _print_records(rows)  # several values in a field: one block per device, nothing cut
+        return code
     t = Table(title=f"{drv.name} scan")
     cols: list[str] = []
     for r in rows:
@@ -322,6 +501,25 @@ def cmd_scan(args: argparse.Namespace) -> int:
         t.add_row(*(str(r.get(c, "")) for c in cols))
     out.print(t)
     return 0
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters (but newlines and tabs) shown as escapes: a raw
+    datagram must not drive the terminal."""
+    return "".join(c if c in "\n\t" or c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def _print_records(rows: list[dict[str, Any]]) -> None:
+    """Scan rows as blocks of ``key  value`` lines; a list gives one line per item. Lines
+    are never cut or elided (the terminal wraps them)."""
+    width = max(len(k) for r in rows for k in r)
+    for i, r in enumerate(rows):
+        if i:
+            out.print()
+        for k, v in r.items():
+            values = [str(x) for x in v] if isinstance(v, list) else ["-" if v is None or v == "" else str(v)]
+            for j, line in enumerate(values or ["-"]):
+                out.print(f"{k if j == 0 else '':<{width}}  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _buffer_command(inner: Any) -> Any:

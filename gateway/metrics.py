@@ -73,7 +73,17 @@ POLL_LATENESS = Histogram(
 POLLS_SKIPPED = Counter(
     "edge_gw_polls_skipped_total", "Scheduled polls skipped (overrun or device backed off)", ["reason"]
 )
-DEVICES = Gauge("edge_gw_devices", "Configured devices by class and state (online, offline, unknown)", ["cls", "state"])
+DEVICES = Gauge(
+    "edge_gw_devices",
+    "Configured devices by class and state (online, offline, unknown, misconfigured)",
+    ["cls", "state"],
+)
+POINT_ERRORS = Gauge(
+    "edge_gw_point_errors",
+    "1 while a point of an answering device cannot be read or decoded, with the reason (the "
+    "driver's short reason or mapping); the series is removed when the point reads again",
+    ["device", "point", "reason"],
+)
 BUS_UP = Gauge("edge_gw_bus_up", "1 when the bus is open", ["bus", "driver"])
 BUS_OPEN_FAILURES = Counter(
     "edge_gw_bus_open_failures_total", "Failed attempts to open a bus", ["bus", "reason"]

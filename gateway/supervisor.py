@@ -13,14 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import metrics
 from gateway.config import Config, DeviceConfig
 from gateway.pipeline import DeviceTracker, Pipeline
-from gateway.plugin import Bus, BusSpec, DeviceUnavailable, Driver, DriverError, RawEvent
+from gateway.plugin import Bus, BusSpec, DeviceUnavailable, Driver, DriverError, RawEvent, Reading
+from gateway.profiles import MappingError, PointMap, to_canonical
 from gateway.record import now as ts_now
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,135 @@ async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], *, grace: float = 
             log.error("task %s ended with an error", t.get_name(), exc_info=t.exception())
 
 
+@dataclass(frozen=True, slots=True)
+class PointError:
+    """Why a point of an answering device has no value: ``reason`` is the driver's short
+    label (``exception_02_illegal_data_address``, ``crc``, ``not_provided``) or ``mapping``
+    (the raw value did not fit the profile); ``detail`` says what was read and why it failed;
+    ``since`` is when this reason was first seen."""
+
+    reason: str
+    detail: str
+    since: float
+
+    def to_dict(self, point: str) -> dict[str, Any]:
+        return {"point": point, "reason": self.reason, "detail": self.detail, "since": self.since}
+
+
+def describe_address(pm: PointMap, profile_id: str) -> str:
+    """``profile acme-sd300 address table=holding offset=10 type=bool bit=0`` (for humans;
+    the address fields the profile set)."""
+    addr = pm.address
+    dump = getattr(addr, "model_dump", None)
+    if dump is not None:
+        text = " ".join(f"{k}={v}" for k, v in dump(exclude_defaults=True).items())
+    else:
+        text = repr(addr)
+    return f"profile {profile_id} address {text}"
+
+
+class PointErrors:
+    """The points of one device that its last polls could not read or decode, kept while
+    the device answers (an offline device keeps its last list; ``DeviceTracker.bad_points``
+    says which points failed, this adds the reason and detail).
+
+    Each entry is exported as ``edge_gw_point_errors{device, point, reason} 1`` and removed
+    when the point reads again."""
+
+    __slots__ = ("dev", "profile_id", "points", "errors")
+
+    def __init__(self, dev: str, profile_id: str, points: dict[str, PointMap]) -> None:
+        self.dev = dev
+        self.profile_id = profile_id
+        self.points = points
+        self.errors: dict[str, PointError] = {}
+
+    def update(self, reading: Reading, bad_points: set[str], ts: float) -> None:
+        """After a reading the tracker took: ``bad_points`` is its set of failed points."""
+        if not bad_points and not self.errors:
+            return
+        for name in [n for n in self.errors if n not in bad_points]:
+            self._clear(name)
+        for name in bad_points:
+            pm = self.points.get(name)
+            if pm is None:
+                continue
+            old = self.errors.get(name)
+            reason = reading.errors.get(name)
+            if reason is not None:
+                if old is not None and old.reason == reason:
+                    continue  # known: nothing to rebuild on every poll
+                detail = f"read of {describe_address(pm, self.profile_id)} failed: {reason}"
+            elif name in reading.values:
+                if old is not None and old.reason == "mapping":
+                    continue
+                reason = "mapping"
+                detail = f"{_mapping_problem(pm, reading.values[name])} ({describe_address(pm, self.profile_id)})"
+            else:
+                continue  # not read this time: the last error stands
+            self._set(name, reason, detail, ts)
+
+    def _set(self, name: str, reason: str, detail: str, ts: float) -> None:
+        old = self.errors.get(name)
+        if old is not None and old.reason == reason:
+            return
+        if old is not None:
+            _remove_series(self.dev, name, old.reason)
+        self.errors[name] = PointError(reason, detail, ts)
+        metrics.POINT_ERRORS.labels(self.dev, name, reason).set(1)
+
+    def _clear(self, name: str) -> None:
+        old = self.errors.pop(name, None)
+        if old is not None:
+            _remove_series(self.dev, name, old.reason)
+
+    def clear(self) -> None:
+        for name in list(self.errors):
+            self._clear(name)
+
+    def as_list(self) -> list[dict[str, Any]]:
+        return [e.to_dict(p) for p, e in sorted(self.errors.items())]
+
+
+def _mapping_problem(pm: PointMap, raw: Any) -> str:
+    """Why ``raw`` does not map onto the point. Numbers and booleans are quoted; the content
+    of a string or bytes is not (it may be personal data the privacy policy has not seen)."""
+    if isinstance(raw, (str, bytes)):
+        return (
+            f"the device sent a {type(raw).__name__} of {len(raw)} characters the profile cannot map "
+            f"onto this {pm.pdef.type} point"
+        )
+    try:
+        to_canonical(pm, raw)
+    except MappingError as exc:
+        return str(exc)
+    return "the raw value did not map onto the point"
+
+
+def _remove_series(dev: str, point: str, reason: str) -> None:
+    try:
+        metrics.POINT_ERRORS.remove(dev, point, reason)
+    except KeyError:
+        pass
+
+
+def device_state(tracker: DeviceTracker | None, errors: PointErrors | None) -> str:
+    """``disabled`` (no tracker), ``unknown`` (no poll outcome yet), ``offline``,
+    ``misconfigured`` (it answers, but not one of its points could be read or decoded: a
+    profile for another model, wrong unit id or register map) or ``online``."""
+    if tracker is None:
+        return "disabled"
+    if tracker.online is None:
+        return "unknown"
+    if tracker.online is False:
+        return "offline"
+    if errors is not None and errors.errors:
+        read = [pm.name for pm in tracker.profile.read_points]
+        if read and all(n in errors.errors for n in read):
+            return "misconfigured"
+    return "online"
+
+
 class DeviceRunner:
     def __init__(
         self,
@@ -86,10 +216,12 @@ class DeviceRunner:
         self.polls = 0
         self.stopping = False
         self._rng = random.Random()
+        self._wake = asyncio.Event()
         self._up = metrics.DEVICE_UP.labels(device.spec.id, device.spec.cls, driver.name)
         self._dur = metrics.POLL_DURATION.labels(device.spec.id, driver.name)
         self._ok = metrics.POLLS.labels(driver.name, "ok")
         self._fail = metrics.POLLS.labels(driver.name, "failed")
+        self.point_errors = PointErrors(device.spec.id, device.profile.id, device.profile.points)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -101,7 +233,9 @@ class DeviceRunner:
             due = t0 + k * interval
             delay = due - loop.time()
             if delay > 0:
-                await asyncio.sleep(delay)
+                if await self._sleep_unless_woken(delay):
+                    await self.poll_once()  # the driver asked (Bus.request_poll): off the grid
+                    continue
             else:
                 late = -delay
                 if late > interval:  # overrun: skip the slots we missed
@@ -116,6 +250,22 @@ class DeviceRunner:
                 continue
             metrics.POLL_LATENESS.observe(max(0.0, now - due))
             await self.poll_once()
+
+    def wake(self) -> None:
+        """Poll now, whatever the schedule and the backoff say (``Bus.request_poll``)."""
+        self.backoff_until = 0.0
+        self._wake.set()
+
+    async def _sleep_unless_woken(self, delay: float) -> bool:
+        if not self._wake.is_set():
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+        woken = self._wake.is_set()
+        self._wake.clear()
+        return woken
 
     async def poll_once(self) -> None:
         spec = self.device.spec
@@ -143,7 +293,9 @@ class DeviceRunner:
             self._ok.inc()
             self._up.set(1)
             self.backoff_until = 0.0
-            records = self.tracker.on_reading(reading, ts_now())
+            ts = ts_now()
+            records = self.tracker.on_reading(reading, ts)
+            self.point_errors.update(reading, self.tracker.bad_points, ts)
         await self.pipeline.submit(records)
 
     def _failed(self, reason: str, exc: BaseException | None, now: float) -> list[Any]:
@@ -229,8 +381,14 @@ class BusRunner:
             )
             self.runners[d.spec.id] = runner
             self.tasks.append(spawn(runner.run(), f"poll:{d.spec.id}"))
+        self.bus.poll_hook = self._poll_now
         if self.bus.events() is not None:
             self.tasks.append(spawn(self._events(), f"events:{self.spec.name}"))
+
+    def _poll_now(self, device_id: str) -> None:
+        runner = self.runners.get(device_id)
+        if runner is not None:
+            runner.wake()
 
     async def _reopen_then_start(
         self, spawn: Callable[[Awaitable[None], str], asyncio.Task[None]]
@@ -293,6 +451,8 @@ class BusRunner:
             runner.stopping = True  # ends its loop even if a cancellation gets swallowed
         await cancel_and_wait(self.tasks)
         self.tasks.clear()
+        for runner in self.runners.values():
+            runner.point_errors.clear()
         if self.bus is not None:
             try:
                 await self.bus.close()
@@ -336,10 +496,16 @@ def spawn_factory(tasks: set[asyncio.Task[Any]]) -> Callable[[Awaitable[None], s
     return spawn
 
 
-def summarize(trackers: Sequence[DeviceTracker]) -> dict[str, int]:
-    out = {"online": 0, "offline": 0, "unknown": 0}
+DEVICE_STATES = ("online", "offline", "unknown", "misconfigured")
+
+
+def summarize(
+    trackers: Sequence[DeviceTracker], errors: Mapping[str, PointErrors] | None = None
+) -> dict[str, int]:
+    """Devices per state (see :func:`device_state`); ``errors`` by device id."""
+    out = dict.fromkeys(DEVICE_STATES, 0)
     for t in trackers:
-        out["online" if t.online else "offline" if t.online is False else "unknown"] += 1
+        out[device_state(t, errors.get(t.dev) if errors is not None else None)] += 1
     return out
 
 

@@ -49,11 +49,11 @@ TOKEN = "api-token-for-the-scrape-test"
 # families that carry samples only after their event happened (a reason reported by a
 # driver, a fault, a reload); the scrape checks their TYPE but cannot see their labels
 EVENT_ONLY = {
-    "edge_gw_mapping_errors", "edge_gw_ingest_refused", "edge_gw_bus_open_failures", "edge_gw_loop_errors",
+    "edge_gw_mapping_errors", "edge_gw_point_errors", "edge_gw_ingest_refused", "edge_gw_bus_open_failures", "edge_gw_loop_errors",
     "edge_gw_buffer_refused_records",
     "edge_gw_modbus_request_failures", "edge_gw_modbus_exceptions", "edge_gw_modbus_retries", "edge_gw_modbus_discarded_bytes",
-    "edge_gw_modbus_stale_answers", "edge_gw_modbus_writes",
-    "edge_gw_onvif_renewals", "edge_gw_onvif_pull_errors", "edge_gw_onvif_snapshots",
+    "edge_gw_modbus_stale_answers", "edge_gw_modbus_writes", "edge_gw_modbus_holes_learnt",
+    "edge_gw_onvif_renewals", "edge_gw_onvif_pull_errors", "edge_gw_onvif_snapshots", "edge_gw_onvif_auth_failures",
     "edge_gw_onvif_snapshot_evictions",
     "edge_gw_serial_discarded_bytes", "edge_gw_serial_bad_frames", "edge_gw_serial_error_replies",
     "edge_gw_serial_timeouts", "edge_gw_serial_retries", "edge_gw_serial_echo_bytes",

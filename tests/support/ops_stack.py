@@ -102,11 +102,12 @@ class MqttCapture:
 
     def __init__(self, port: int, prefix: str, username: str | None = None, password: str | None = None) -> None:
         import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
 
         self.payloads: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ops-capture-{os.getpid()}")
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ops-capture-{os.getpid()}")
         if username is not None:
             self.client.username_pw_set(username, password)
 

@@ -9,6 +9,7 @@ onvif` against a simulator answering in all of them at once, on real UDP sockets
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -445,7 +446,7 @@ def test_scan_table_never_cuts_an_address(all_variants: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- the probe itself, IPv6 and refused sends
 
-class _Answer:
+class _Answer(asyncio.DatagramProtocol):
     """A responder on a loopback socket that answers each Probe with a vector reply."""
 
     def __init__(self, reply: bytes) -> None:
