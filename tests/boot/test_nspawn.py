@@ -342,6 +342,37 @@ def test_failed_upgrade_puts_the_running_version_back(installed: Machine,
         assert status == 200
     finally:
         m.c.run(f"rm -f {REFUSE_DROPIN} && systemctl daemon-reload", check=False)
+    # without the fault the same upgrade goes through, and --rollback goes back
+    proc = m.c.run("PIP_NO_INDEX=1 bash /root/bundle/*/install.sh --offline /root/newer.tar.gz",
+                   timeout=400)
+    wait_for("the new version active", lambda: active(m), 60)
+    links = "readlink /opt/edge-gateway/current /opt/edge-gateway/previous"
+    assert m.c.run(links).stdout.split() == [f"versions/{new_id}",
+                                             f"versions/{m.manifest['id']}"]
+    pid = m.c.show(UNIT, "MainPID")["MainPID"]
+    m.c.run("bash /root/bundle/*/install.sh --rollback", timeout=200)
+    after = wait_for("the old version active", lambda: active(m), 60)
+    assert after["MainPID"] != pid
+    assert m.c.run(links).stdout.split() == [f"versions/{m.manifest['id']}",
+                                             f"versions/{new_id}"]
+    status, _ = http_get(m.c, "/api/v1/health")
+    assert status == 200
+
+
+def test_broken_site_config_changes_nothing_and_the_gateway_keeps_running(
+    installed: Machine,
+) -> None:
+    m = installed
+    m.c.run(f"printf '{BROKEN_CONFIG}' > /root/site.toml")
+    before = box_listing(m.c)
+    pid = m.c.show(UNIT, "MainPID")["MainPID"]
+    proc = m.c.run(INSTALL + " --config /root/site.toml", timeout=300, check=False)
+    assert proc.returncode == 1
+    errors = [ln for ln in (proc.stdout + proc.stderr).splitlines()
+              if ln.startswith("install.sh: error:")]
+    assert len(errors) == 1 and "edge-gateway check failed for /root/site.toml" in errors[0]
+    assert box_listing(m.c) == before
+    assert active(m) is not None and m.c.show(UNIT, "MainPID")["MainPID"] == pid  # untouched
 
 
 @pytest.mark.parametrize(
