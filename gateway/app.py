@@ -64,6 +64,7 @@ class GatewayApp:
         from buffer import Buffer
 
         cfg = self.config
+        privacy = self._privacy_policy()  # first: nothing is opened without it
         bcfg = cfg.model.buffer
         path = cfg.resolve_path(bcfg.path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +83,7 @@ class GatewayApp:
         )
         await self.buffer.start()
         self._init_metric_series(cfg)
-        self.pipeline = Pipeline(self._sink, self._privacy_policy(), observe=self._observe)
+        self.pipeline = Pipeline(self._sink, privacy, observe=self._observe)
         await self.pipeline.submit([self._gw_record("status", "started")])
         self.commands = CommandService(
             cfg.devices, self._bus_of, self.buffer, self._emit, cfg.gw_id, self._written
@@ -130,12 +131,15 @@ class GatewayApp:
         return {"downsample": DownsampleConfig(**ds)}
 
     def _privacy_policy(self) -> Any:
+        """The privacy policy, or a refusal to start: no record is kept or sent without one
+        (fail closed; the default policy applies when the config has no [privacy])."""
         try:
             from gateway.privacy import PrivacyConfig, PrivacyPolicy
-        except ImportError:
-            return None
-        pcfg = self.config.privacy if self.config.privacy is not None else PrivacyConfig()
-        return PrivacyPolicy(pcfg, community=self.config.model.gateway.community)
+
+            pcfg = self.config.privacy if self.config.privacy is not None else PrivacyConfig()
+            return PrivacyPolicy(pcfg, community=self.config.model.gateway.community)
+        except Exception as exc:
+            raise StartupError(f"the privacy policy cannot be built, refusing to start: {exc}") from exc
 
     async def _start_buses(self, cfg: Config) -> None:
         assert self.pipeline is not None
@@ -515,11 +519,7 @@ class GatewayApp:
         if self.commands is not None:
             self.commands.devices = self.config.devices
         if old.uplinks != new.uplinks and "gateway.id" not in needs_restart:
-            for t in self._uplink_tasks:
-                t.cancel()
-            for t in self._uplink_tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            await cancel_and_wait(self._uplink_tasks)  # bounded, re-cancelling: as on stop
             self._uplink_tasks.clear()
             self.uplinks.clear()
             self._start_uplinks()

@@ -1,7 +1,7 @@
 """The canonical record: one value of one point of one device at one time.
 
 This is a leaf module (standard library only) so that ``buffer/`` and ``sync/`` can use
-it without pulling in the rest of the core. Field names are the wire names of DESIGN.md.
+it without pulling in the rest of the core. Field names are the wire names (gateway/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -171,5 +171,5 @@ def now() -> float:
 
 
 def envelope(gw: str, batch_id: str, records: list[dict[str, Any]], hist: bool) -> dict[str, Any]:
-    """The upward batch of DESIGN.md: ``{gw, batch_id, hist, records}``."""
+    """The upward batch (gateway/ARCHITECTURE.md): ``{gw, batch_id, hist, records}``."""
     return {"gw": gw, "batch_id": batch_id, "hist": hist, "records": records}

@@ -17,7 +17,7 @@ What is checked, per broker:
   lane; neither broker reorders anything on top of that;
 * a broker restart in the middle of the stream (clean stop, a pause, a start on the same
   port): the uplink reconnects, the buffer drains, no seq is missing, and every duplicate is
-  a re-delivery of an id already seen (at-least-once, DESIGN.md "ack by id"); a command
+  a re-delivery of an id already seen (at-least-once, acknowledged by id: gateway/ARCHITECTURE.md); a command
   sent after the restart is executed and answered;
 * the last will on a cut link, the retained status, and commands sent while the gateway is
   away;
