@@ -15,6 +15,9 @@ command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 # a second MQTT broker implementation for tests/conformance
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need_apt+=(rabbitmq-server)
+# the boot test: a Debian root built with mmdebstrap, booted with systemd-nspawn
+command -v mmdebstrap >/dev/null 2>&1 || need_apt+=(mmdebstrap)
+command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} (apt-get)"
   $SUDO apt-get update -qq
@@ -27,8 +30,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
 .venv/bin/python -m pip install --quiet -e '.[test]'
-
 if [ $# -eq 0 ]; then
+  # what the boot and install tests take from the network is fetched here, not by a test:
+  # the Debian root and the offline bundle's wheels (cached under /tmp/edge-build)
+  .venv/bin/python -m tests.boot.prepare
   # the whole suite starts with the linters
   .venv/bin/ruff check .
   .venv/bin/mypy
