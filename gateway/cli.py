@@ -219,16 +219,20 @@ def _privacy_groups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(groups.values())
 
 
+def _count_table(title: str, what: str, counts: dict[str, int]) -> Any:
+    t = Table(title=title, title_justify="left")
+    t.add_column(what, overflow="fold")
+    t.add_column("devices", justify="right")
+    for k, v in counts.items():
+        t.add_row(k, str(v))
+    return t
+
+
 def _render_summary(s: dict[str, Any]) -> None:
     from rich import box
 
     out.print(f"[green]OK[/] {s['file']}: gateway {s['gateway']}, {s['devices']} devices, {s['profiles']} profiles")
-    t = Table(title="Devices by class", title_justify="left")
-    t.add_column("class", overflow="fold")
-    t.add_column("devices", justify="right")
-    for k, v in s["by_class"].items():
-        t.add_row(k, str(v))
-    out.print(t)
+    out.print(_count_table("Devices by class", "class", s["by_class"]))
     rows, lines = _bus_lines(s["buses"])
     if rows:
         t = Table(title="Buses", title_justify="left")
@@ -240,12 +244,7 @@ def _render_summary(s: dict[str, Any]) -> None:
         out.print(t)
     for line in lines:
         out.print(line, highlight=False, markup=False)
-    t = Table(title="Devices by driver", title_justify="left")
-    t.add_column("driver", overflow="fold")
-    t.add_column("devices", justify="right")
-    for k, v in s["by_driver"].items():
-        t.add_row(k, str(v))
-    out.print(t)
+    out.print(_count_table("Devices by driver", "driver", s["by_driver"]))
     if s["uplinks"]:
         out.print("Uplinks: " + ", ".join(f"{u['name']} ({u['kind']})" for u in s["uplinks"]))
     if s["privacy"]:

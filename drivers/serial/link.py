@@ -45,12 +45,11 @@ class LinkError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class LinkSettings:
-    port: str
+class LinkSettings(serialport.LineSettings):
+    """The line (meters default to 2400 8E1) and how the link drives it."""
+
     baud: int = 2400
-    bytesize: int = 8
     parity: str = "E"
-    stopbits: float = 1
     rtscts: bool = False
     xonxoff: bool = False
     echo: bool = False
@@ -129,9 +128,7 @@ class Link:
             if s.is_tcp:
                 raise LinkError("port", f"cannot open {s.port}: {exc}") from exc
             problem = await asyncio.to_thread(
-                serialport.explain, exc,
-                serialport.LineSettings(s.port, s.baud, s.bytesize, s.parity, s.stopbits),
-                hint_style=self.hint,  # the caller names the bus
+                serialport.explain, exc, s, hint_style=self.hint,  # the caller names the bus
             )
             raise LinkError("port", problem.message, problem=problem) from exc
         metrics.RECONNECTS.labels(self.bus, "ok").inc()
