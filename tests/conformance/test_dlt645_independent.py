@@ -12,7 +12,12 @@ clock (04000101 + 04000102). The library refuses the data-block identifiers 0201
 0202FF00 of the three-phase profile with an error reply (C = D1, ERR = 02, "no requested
 data"): those points are bad with reason ``no_data``, every other point of that meter is good
 and the meter stays online. Variants: 4, 2 or 0 ``FE`` bytes before our requests (the bus
-``preamble``) and 4, 1 or 0 before the meter's replies.
+``preamble``) and 4, 1 or 0 before the meter's replies. A profile of this test maps the
+class's other points on the identifiers both sides know (tariff energies, phase values,
+reactive and apparent power, some read with an explicit ``format``). At frame level, 480
+seeded random and edge values of every numeric catalogue DI the library serves are encoded
+by it and decoded by the driver's codec. ``edge-gateway scan serial`` finds the meter on the
+pty and over TCP; the TCP meter going away and coming back is read again.
 
 Where the library and DL/T 645-2007 part ways (the section numbers are those of
 /work/shared/reference/dlt645-2007.md, whose byte layouts were checked against captures),
@@ -103,7 +108,7 @@ ROUND2: dict[str, Any] = {
     "02800002": 49.98,
     "04000503": "0010",
     "04000501": "0004",
-    "04000101": "27010106",
+    "04000101": "27010105",  # 2027-01-01, a Friday
     "04000102": "000001",
 }
 EXPECT2: dict[str, Any] = {
@@ -563,21 +568,88 @@ def test_scan_finds_the_independent_meter(tmp_path: Path, transport: str) -> Non
             pty.stop()
 
 
+# ---------------------------------------------------------------------------- codec sweep
+
+# DI -> (largest magnitude the library accepts, in units of the last digit; decimals; signed
+# by section 7 / the driver's catalogue). The library caps every item at a top digit of 7
+# (799999.99 kWh, 799.9 V, ...) -- unsigned too, so forward energies of 800000 kWh and more
+# cannot be had from it.
+SWEEP: dict[str, tuple[int, int, bool]] = {
+    "00000000": (79999999, 2, True),
+    "00010000": (79999999, 2, False),
+    "02010100": (7999, 1, False),
+    "02020100": (799999, 3, True),
+    "02030000": (799999, 4, True),
+    "02040000": (799999, 4, True),
+    "02060000": (999, 3, True),
+    "02800002": (9999, 2, False),
+}
+
+
+def test_driver_codec_decodes_whatever_the_library_encodes(tmp_path: Path) -> None:
+    """Frame level, a wider net than the daemon tests: seeded random values over the whole
+    range of every numeric catalogue DI the library serves, plus the edges (0, the smallest
+    step, the largest magnitude, negative), read with the driver's request builder, frame
+    scanner, reply parser and value decoder."""
+    import random
+
+    from drivers.serial.dlt645 import codec
+
+    rng = random.Random(645)
+    rounds: list[dict[str, float]] = []
+    for i in range(60):
+        values: dict[str, float] = {}
+        for di, (top, dec, signed) in SWEEP.items():
+            k = {0: 0, 1: top, 2: 1, 3: top}.get(i, rng.randint(0, top))
+            if signed and (i == 3 or (i > 3 and rng.random() < 0.5)):
+                k = -k
+            values[di] = round(k / 10**dec, dec)
+        rounds.append(values)
+
+    pty = PtyPair(tmp_path).start()
+    meter = IndependentMeter(port=pty.a, address=ADDRESS, reply_fe=0, log=tmp_path / "m.log")
+    address = codec.address_to_wire(ADDRESS)
+    wrong: list[str] = []
+    try:
+        meter.start()
+        with _port(pty.b) as line:
+            for values in rounds:
+                meter.set_values(values)
+                for di_text, want in values.items():
+                    code = int(di_text, 16)
+                    frames = _exchange(line, codec.build_read(address, code))
+                    assert len(frames) == 1, (di_text, frames)
+                    reply = codec.parse_read_reply(frames[0], code)
+                    assert isinstance(reply, codec.ReadReply), (di_text, want, reply)
+                    got = codec.decode_value(reply.payload, codec.CATALOGUE_2007[code])
+                    if not math.isclose(float(got), want, abs_tol=1e-9):
+                        wrong.append(f"{di_text}: library holds {want!r}, driver reads {got!r} "
+                                     f"from {reply.payload.hex(' ')}")
+    finally:
+        meter.stop()
+        pty.stop()
+    assert not wrong, "\n".join(wrong)
+
+
 # ---------------------------------------------------------------------------- deviations
 
 
-def _exchange(port: str, request: bytes) -> list[Any]:
+def _exchange(line: serial.Serial, request: bytes) -> list[Any]:
+    """Send one request on an open port; the frames of the reply (bounded: 5 s)."""
     from drivers.serial.dlt645 import codec
 
-    with serial.Serial(port, 9600, timeout=0.2) as line:
-        line.reset_input_buffer()
-        line.write(request)
-        scanner = codec.FrameScanner()
-        deadline = time.monotonic() + 5
-        frames: list[codec.Frame] = []
-        while not frames and time.monotonic() < deadline:
-            frames = scanner.feed(line.read(64))
+    line.reset_input_buffer()
+    line.write(request)
+    scanner = codec.FrameScanner()
+    deadline = time.monotonic() + 5
+    frames: list[codec.Frame] = []
+    while not frames and time.monotonic() < deadline:
+        frames = scanner.feed(line.read(max(1, line.in_waiting)))
     return frames
+
+
+def _port(path: str) -> serial.Serial:
+    return serial.Serial(path, 9600, timeout=0.2)
 
 
 def test_library_answers_a_request_for_another_address(tmp_path: Path) -> None:
@@ -591,7 +663,8 @@ def test_library_answers_a_request_for_another_address(tmp_path: Path) -> None:
     try:
         meter.start()
         other = codec.address_to_wire("000000000099")
-        frames = _exchange(pty.b, codec.build_read(other, 0x00010000))
+        with _port(pty.b) as line:
+            frames = _exchange(line, codec.build_read(other, 0x00010000))
         assert frames, "no reply (the library now stays silent: see the docstring)"
         assert frames[0].address == other and frames[0].control == 0xD1
         assert frames[0].data == b"\x01"
@@ -614,10 +687,11 @@ def test_library_address_digits_go_on_the_wire_in_the_order_written(tmp_path: Pa
         assert meter.state()["address"] == "000012345678"  # wire order, as the library holds it
         ours = codec.address_to_wire(ADDRESS)
         assert ours == bytes.fromhex("785634120000")
-        frames = _exchange(pty.b, codec.build_read(ours, 0x00010000))
-        assert [(f.control, f.data) for f in frames] == [(0xD1, b"\x01")]
         swapped = codec.address_to_wire("785634120000")
-        frames = _exchange(pty.b, codec.build_read(swapped, 0x00010000))
+        with _port(pty.b) as line:
+            frames = _exchange(line, codec.build_read(ours, 0x00010000))
+            assert [(f.control, f.data) for f in frames] == [(0xD1, b"\x01")]
+            frames = _exchange(line, codec.build_read(swapped, 0x00010000))
         assert [(f.control, f.data) for f in frames] == [
             (0x91, bytes.fromhex("00000100") + bytes.fromhex("78563412"))]
     finally:
