@@ -19,13 +19,13 @@ seeded random and edge values of every numeric catalogue DI the library serves a
 by it and decoded by the driver's codec. ``edge-gateway scan serial`` finds the meter on the
 pty and over TCP; the TCP meter going away and coming back is read again.
 
-Where the library and DL/T 645-2007 part ways (the section numbers are those of
-/work/shared/reference/dlt645-2007.md, whose byte layouts were checked against captures),
-the driver follows the standard and the test works around the library, as documented there:
+Where the library and DL/T 645-2007 part ways (section numbers of the project's DL/T 645-2007
+reference notes, whose byte layouts were checked against public captures), the driver follows
+the standard and the test works around the library, as documented here:
 
 * address order -- ``set_address("000012345678")`` puts the digits on the wire in the order
-  written; section 2 wants the low byte first. The helper hands the library the wire bytes
-  (tests/support/dlt645_independent.py).
+  written; section 2 wants the low byte first. The child process hands the library the wire
+  bytes (tests/support/dlt645_independent.py).
 * broadcast time sync (C = 08) -- the library reads the six bytes as YY MM DD hh mm ss;
   section 5.7 has them seconds first (ss mm hh DD MM YY), as the driver sends them. Its clock
   is therefore not set to the time we sent; the test checks our frame by the standard and
@@ -355,10 +355,10 @@ def wrong_points(d: Daemon, dev: str, want: dict[str, Any]) -> list[str]:
 
 
 def wait_values(d: Daemon, dev: str, want: dict[str, Any], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while (wrong := wrong_points(d, dev, want)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not wrong, "\n".join(wrong) + "\n" + d.log_text()
+    try:
+        d.wait_for(lambda: not wrong_points(d, dev, want), timeout, f"the values of {dev}")
+    except AssertionError as exc:
+        raise AssertionError("\n".join(wrong_points(d, dev, want))) from exc
 
 
 def metric_sum(d: Daemon, name: str, **labels: str) -> float:
@@ -675,7 +675,7 @@ def test_library_answers_a_request_for_another_address(tmp_path: Path) -> None:
 
 def test_library_address_digits_go_on_the_wire_in_the_order_written(tmp_path: Path) -> None:
     """Documents the library: given the nameplate digits, its meter answers at the address
-    field 00 00 12 34 56 78, i.e. nameplate 785634120000 by section 2 -- hence the helper hands
+    field 00 00 12 34 56 78, i.e. nameplate 785634120000 by section 2 -- hence the child hands
     it the wire bytes. Our request for 000012345678 (78 56 34 12 00 00) gets its error reply."""
     from drivers.serial.dlt645 import codec
 
