@@ -15,7 +15,9 @@
   ``failing`` (records cannot be kept): ``not_ready``, ``buffer_not_writable``.
   ``degraded`` (the gateway works but part of the picture is missing or at risk):
   ``buses_down``, ``devices_offline``, ``devices_misconfigured``, ``point_errors``,
-  ``uplinks_disconnected``, ``buffer_over_budget``, ``clock_unsynchronised``.
+  ``uplinks_disconnected``, ``buffer_over_budget``, ``clock_unsynchronised``, ``notice``
+  (a sentence the box's setup put in ``EDGE_GW_NOTICE``, e.g. that a flashed image still runs
+  its example configuration).
 
   Every device offline is still ``degraded``: the gateway keeps its buffer and uplinks and
   recovers by itself when the devices come back.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 import time
 from collections import Counter
@@ -42,7 +45,7 @@ STATUSES = ("ok", "degraded", "failing")
 FAILING = ("not_ready", "buffer_not_writable")
 DEGRADED = (
     "buses_down", "devices_offline", "devices_misconfigured", "point_errors",
-    "uplinks_disconnected", "buffer_over_budget", "clock_unsynchronised",
+    "uplinks_disconnected", "buffer_over_budget", "clock_unsynchronised", "notice",
 )
 # a clock before this is certainly not set (an edge box without RTC boots in 1970)
 _CLOCK_FLOOR = 1_735_689_600.0  # 2025-01-01T00:00:00Z
@@ -73,6 +76,7 @@ class Snapshot:
     buffer_used: int | None
     buffer_budget: int | None
     clock_synchronised: bool | None
+    notices: Sequence[str] = ()  # from the environment of the service (EDGE_GW_NOTICE)
 
 
 def _names(items: Sequence[str], shown: int = 3) -> str:
@@ -158,6 +162,8 @@ def evaluate(s: Snapshot) -> tuple[str, list[Reason]]:
         out.append(Reason(
             "clock_unsynchronised", "clock unsynchronised (no NTP sync): record times may be wrong", 1, [],
         ))
+    for note in s.notices:
+        out.append(Reason("notice", note, 1, []))
     if any(r.code in FAILING for r in out):
         return "failing", out
     return ("degraded" if out else "ok"), out
@@ -196,6 +202,7 @@ def _short(r: Reason, total_devices: int) -> str:
         "uplinks_disconnected": f"uplink {names} down" if n == 1 else f"{n} uplinks down ({names})",
         "buffer_over_budget": "buffer over budget",
         "clock_unsynchronised": "clock unsynchronised",
+        "notice": r.message[:80],
     }
     return short.get(r.code, r.code)
 
@@ -264,4 +271,11 @@ async def snapshot(app: GatewayApp) -> Snapshot:
         buffer_used=used,
         buffer_budget=budget,
         clock_synchronised=clock_synchronised(),
+        notices=notices(),
     )
+
+
+def notices() -> list[str]:
+    """``EDGE_GW_NOTICE`` of the process environment (systemd ``EnvironmentFile=``), if set."""
+    note = " ".join(os.environ.get("EDGE_GW_NOTICE", "").split())
+    return [note] if note else []
