@@ -56,7 +56,7 @@ import pytest
 import serial
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.core_daemon import Daemon, free_port
+from tests.support.core_daemon import Daemon, config_head, free_port
 from tests.support.dlt645_independent import IndependentMeter, wire_address
 from tests.support.modbus_independent import PtyPair
 
@@ -249,23 +249,7 @@ def gateway_config(tmp: Path, port: str, api_port: int, devices: list[tuple[str,
     (tmp / "profiles").mkdir(exist_ok=True)
     (tmp / "profiles" / "conf-dlt645-catalogue.toml").write_text(CATALOGUE_PROFILE)
     cfg = tmp / "gateway.toml"
-    cfg.write_text(f"""
-[gateway]
-id = "dlt645-conformance-gw"
-district = "510107"
-community = "Test"
-profile_dirs = ["profiles"]
-
-[api]
-listen = "127.0.0.1:{api_port}"
-token = {{ env = "EDGE_GW_API_TOKEN" }}
-
-[metrics]
-enabled = true
-
-[buffer]
-path = "{tmp / "buffer.db"}"
-
+    cfg.write_text(config_head(tmp, api_port=api_port, gw_id="dlt645-conformance-gw", profile_dirs=True) + f"""
 [[buses]]
 name = "line"
 driver = "serial"

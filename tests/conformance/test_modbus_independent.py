@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.core_daemon import Daemon, free_port
+from tests.support.core_daemon import Daemon, config_head, free_port
 from tests.support.modbus_independent import (
     ModbusTkRtu,
     ModbusTkTcp,
@@ -229,23 +229,8 @@ def gateway_config(tmp: Path, bus: str, api_port: int) -> Path:
     )
     cfg = tmp / "gateway.toml"
     cfg.write_text(
-        f"""
-[gateway]
-id = "conformance-gw"
-district = "510107"
-community = "Test"
-profile_dirs = ["profiles"]
-
-[api]
-listen = "127.0.0.1:{api_port}"
-token = {{ env = "EDGE_GW_API_TOKEN" }}
-
-[metrics]
-enabled = true
-
-[buffer]
-path = "{tmp / "buffer.db"}"
-
+        config_head(tmp, api_port=api_port, gw_id="conformance-gw", profile_dirs=True)
+        + f"""
 [[buses]]
 name = "line"
 driver = "modbus"

@@ -124,6 +124,23 @@ class Daemon:
         raise AssertionError(f"timed out waiting for {what}; last={last!r}\n{self.log_text()}")
 
 
+def config_head(
+    tmp: Path, *, api_port: int, gw_id: str = "test-gw", community: str = "Test",
+    profile_dirs: bool = False, token_env: str | None = "EDGE_GW_API_TOKEN", budget: str | None = None,
+) -> str:
+    """The [gateway], [api], [metrics] and [buffer] tables of a test daemon's config (buffer
+    in ``tmp``; ``profile_dirs`` adds the site profile folder ``profiles``)."""
+    dirs = 'profile_dirs = ["profiles"]\n' if profile_dirs else ""
+    token = f'token = {{ env = "{token_env}" }}\n' if token_env else ""
+    size = f'budget = "{budget}"\n' if budget else ""
+    return (
+        f'[gateway]\nid = "{gw_id}"\ndistrict = "510107"\ncommunity = "{community}"\n{dirs}\n'
+        f'[api]\nlisten = "127.0.0.1:{api_port}"\n{token}\n'
+        "[metrics]\nenabled = true\n\n"
+        f'[buffer]\npath = "{tmp / "buffer.db"}"\n{size}\n'
+    )
+
+
 def example_config(tmp: Path, *, port: int | None = None, extra: str = "", token: bool = True) -> Path:
     """The shipped example config, with a temp buffer and a free API port."""
     root = Path(__file__).resolve().parents[2]

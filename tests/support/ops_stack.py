@@ -22,7 +22,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from tests.support.core_daemon import free_port
+from tests.support.core_daemon import config_head, free_port
 from tests.support.sim_child import terminate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -275,15 +275,10 @@ def gateway_config(
     community: str = "Jifu",
     token_env: str | None = "EDGE_GW_API_TOKEN",
 ) -> Path:
-    token = f'token = {{ env = "{token_env}" }}\n' if token_env else ""
     text = (
-        "[gateway]\n"
-        'id = "cd-wh-jifu-gw01"\ndistrict = "510107"\n'
-        f'community = "{community}"\n\n'
-        f'[api]\nlisten = "127.0.0.1:{api_port}"\n{token}\n'
-        "[metrics]\nenabled = true\n\n"
-        f'[buffer]\npath = "{tmp / "buffer.db"}"\nbudget = "64MiB"\n\n'
-        f"{uplink}\n"
+        config_head(tmp, api_port=api_port, gw_id="cd-wh-jifu-gw01", community=community,
+                    token_env=token_env, budget="64MiB")
+        + f"{uplink}\n"
         f"[privacy]\n{privacy}\n\n"
         f"{body}\n"
     )

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.core_daemon import Daemon, free_port
+from tests.support.core_daemon import Daemon, config_head, free_port
 from tests.support.modbus_sim import SimProcess, farm_file
 
 TOKEN = "modbus-daemon-token"
@@ -52,22 +52,7 @@ def gateway_config(tmp: Path, pty: str, port: int) -> Path:
         f'bus = "rs485-1"\naddress = {{ unit = {unit} }}\npoll = "{POLL:g}s"\n\n'
         for name, model, unit in LIVE + DEAD
     )
-    text = f"""
-[gateway]
-id = "modbus-daemon-gw"
-district = "510107"
-community = "Test"
-
-[api]
-listen = "127.0.0.1:{port}"
-token = {{ env = "EDGE_GW_API_TOKEN" }}
-
-[metrics]
-enabled = true
-
-[buffer]
-path = "{tmp / "buffer.db"}"
-
+    text = config_head(tmp, api_port=port, gw_id="modbus-daemon-gw") + f"""
 [[buses]]
 name = "rs485-1"
 driver = "modbus"
