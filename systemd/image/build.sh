@@ -21,7 +21,8 @@
 #                         gateway.toml on EDGE-CONFIG replaces it
 #   --size SIZE           whole image size (default: what the root needs + 1GiB), e.g. 4G
 #   --boot-size MIB       size of the EDGE-CONFIG partition in MiB (default 128)
-#   --mirror URL          Debian mirror (default: the host apt's)
+#   --mirror URL          Debian mirror (default: the host apt's; its $SUITE-updates and
+#                         $SUITE-security sources are used too when the host has them)
 #   --root-password-hash HASH   crypt(3) hash for root (console login); default: locked
 #   --hostname NAME       default edge-gateway
 #   --cmdline ARGS        extra kernel command line
@@ -80,8 +81,8 @@ SYSLINUX_MBR=/usr/lib/syslinux/mbr/mbr.bin
 [ -f "$SYSLINUX_MBR" ] || die "$SYSLINUX_MBR missing: apt-get install syslinux-common"
 [ "$(uname -m)" = x86_64 ] || die "amd64 images are built on x86_64 only (no foreign-architecture build)"
 
-host_mirror() {  # the URI apt uses for $SUITE main (one-line or deb822 sources)
-    local f
+host_mirror() {  # the URI apt uses for suite $1 main (one-line or deb822 sources)
+    local f SUITE=$1
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
         [ -f "$f" ] || continue
         awk -v s="$SUITE" '$1 == "deb" { i = 2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
@@ -100,10 +101,19 @@ host_mirror() {  # the URI apt uses for $SUITE main (one-line or deb822 sources)
     done
 }
 if [ -z "$MIRROR" ]; then
-    MIRROR=$(host_mirror | head -1)
+    MIRROR=$(host_mirror "$SUITE" | head -1)
     [ -n "$MIRROR" ] || die "this machine's apt has no source for $SUITE main: give --mirror URL"
 fi
 MIRROR=${MIRROR%/}
+# updates and security fixes too when this machine's apt has them (the image keeps the lines)
+SOURCES=("deb $MIRROR $SUITE main")
+if [ -n "$(host_mirror "$SUITE-updates" | head -1)" ]; then
+    SOURCES+=("deb $MIRROR $SUITE-updates main")
+fi
+SECURITY=$(host_mirror "$SUITE-security" | head -1)
+if [ -n "$SECURITY" ]; then
+    SOURCES+=("deb ${SECURITY%/} $SUITE-security main")
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/edge-image.XXXXXX")
 cleanup() {
@@ -140,7 +150,7 @@ BUNDLE_ID=$(sed -n 's/^id=//p' "$BUNDLE/MANIFEST")
 ROOT=$WORK/root
 cp "$BUNDLE/gateway.toml.example" "$WORK/example.toml"
 [ -z "$CONFIG" ] || install -m 0600 "$CONFIG" "$WORK/site.toml"
-step "mmdebstrap $SUITE $ARCH from $MIRROR"
+step "mmdebstrap $SUITE $ARCH from ${SOURCES[*]}"
 cat > "$WORK/customize.sh" <<EOF
 #!/bin/sh
 # mmdebstrap customize hook: \$1 is the root (with /proc, /sys and /dev mounted)
@@ -160,7 +170,7 @@ chmod +x "$WORK/customize.sh"
 mmdebstrap --variant=minbase --architectures="$ARCH" --include="$PACKAGES" \
     --aptopt='Acquire::Retries "3"' \
     --customize-hook="$WORK/customize.sh \"\$1\"" \
-    "$SUITE" "$ROOT" "$MIRROR" >"$WORK/mmdebstrap.log" 2>&1 || {
+    "$SUITE" "$ROOT" "${SOURCES[@]}" >"$WORK/mmdebstrap.log" 2>&1 || {
         grep -m3 'install.sh: error:' "$WORK/mmdebstrap.log" >&2 || tail -30 "$WORK/mmdebstrap.log" >&2
         die "building the root failed (mmdebstrap and the chroot install, output above)"
     }
@@ -177,6 +187,7 @@ install -m 0644 "$HERE/README-EDGE-CONFIG.txt" "$ROOT/usr/lib/edge-image/README-
 if [ -z "$CONFIG" ]; then
     sha256sum < "$ROOT/etc/edge-gateway/gateway.toml" > "$ROOT/usr/lib/edge-image/example.sha256"
 fi
+install -D -m 0755 "$HERE/edge-boot-sync" "$ROOT/etc/initramfs/post-update.d/edge-boot-sync"
 install -m 0644 "$HERE/edge-config.service" "$ROOT/etc/systemd/system/edge-config.service"
 ln -sf ../edge-config.service "$ROOT/etc/systemd/system/multi-user.target.wants/edge-config.service"
 install -d -m 0755 "$ROOT/etc/systemd/system/edge-gateway.service.d"
@@ -233,7 +244,7 @@ if [ -n "$SIZE" ]; then
 fi
 step "edge-root partition (${ROOT_MIB} MiB, ext4 from the root directory, $(( USED_KIB / 1024 )) MiB used)"
 ROOT_IMG=$WORK/root.ext4
-mke2fs -q -t ext4 -L edge-root -d "$ROOT" -E root_owner=0:0 "$ROOT_IMG" "${ROOT_MIB}M"
+mke2fs -q -t ext4 -L edge-root -d "$ROOT" -E root_owner=0:0 "$ROOT_IMG" "${ROOT_MIB}M" >/dev/null
 
 # --- the disk: MBR with the syslinux boot code, partition 1 active
 step "disk image $OUT"

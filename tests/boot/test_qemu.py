@@ -174,6 +174,13 @@ def test_first_boot_refuses_a_broken_config_and_runs_the_example(env: Env) -> No
         _, out = vm.sh("stat -c '%a %U %s' /etc/edge-gateway/credentials/privacy-key "
                        "/etc/edge-gateway/credentials/api-token")
         assert out.split("\n")[:2] == ["600 root 43", "600 root 43"], out
+        # a kernel or initramfs update reaches the partition the box boots from
+        _, out = vm.sh("/etc/initramfs/post-update.d/edge-boot-sync $(uname -r) "
+                       "/boot/initrd.img-$(uname -r) && mount -o ro LABEL=EDGE-CONFIG /mnt && "
+                       "cmp /boot/vmlinuz-$(uname -r) /mnt/vmlinuz && "
+                       "cmp /boot/initrd.img-$(uname -r) /mnt/initrd.img; rc=$?; umount /mnt; "
+                       "exit $rc")
+        assert "EDGE-CONFIG now boots" in out, out
         env.timings["example: poweroff"] = vm.poweroff()
     finally:
         vm.kill()
