@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import metrics
+from gateway.backoff import Backoff
 from gateway.config import Config, DeviceConfig
 from gateway.pipeline import DeviceTracker, Pipeline
 from gateway.plugin import Bus, BusSpec, DeviceUnavailable, Driver, DriverError, RawEvent, Reading
@@ -32,13 +33,6 @@ BUS_RETRY_CAP = 60.0
 
 class StartupError(RuntimeError):
     """The gateway cannot start (e.g. a bus of a device with ``startup = "error"``)."""
-
-
-def backoff_delay(failures: int, interval: float, cap: float, rng: random.Random) -> float:
-    """Delay before probing a device again after ``failures`` consecutive failures:
-    one interval, then doubling, capped, with jitter in [0.5, 1] of the value."""
-    base: float = min(cap, interval * (2.0 ** max(0, failures - 1)))
-    return base * rng.uniform(0.5, 1.0)
 
 
 async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], *, grace: float = 5.0) -> None:
@@ -304,8 +298,9 @@ class DeviceRunner:
         if exc is not None and self.tracker.online is not False:
             log.debug("device %s: %s", self.device.spec.id, exc)
         records = self.tracker.on_failure(reason, ts_now())
-        delay = backoff_delay(
-            self.tracker.failures, self.device.spec.poll_interval, self.backoff_cap, self._rng
+        # one poll interval, then doubling up to the cap, at least half of it
+        delay = Backoff(self.device.spec.poll_interval, self.backoff_cap, jitter=0.5, rng=self._rng).delay(
+            self.tracker.failures - 1
         )
         self.backoff_until = now + delay
         return records
@@ -395,14 +390,14 @@ class BusRunner:
     ) -> None:
         assert self.bus is not None
         failures = 1
-        rng = random.Random()
+        retry = Backoff(1.0, BUS_RETRY_CAP, jitter=0.5)
         ts = ts_now()
         records = []
         for d in self.devices:
             records.extend(self.trackers[d.spec.id].on_failure("bus_unavailable", ts))
         await self.pipeline.submit(records)
         while not self.is_open:
-            await asyncio.sleep(min(BUS_RETRY_CAP, 2.0 ** failures) * rng.uniform(0.5, 1.0))
+            await asyncio.sleep(retry.delay(failures))
             try:
                 await self.bus.open()
             except asyncio.CancelledError:
@@ -418,7 +413,7 @@ class BusRunner:
 
     async def _events(self) -> None:
         assert self.bus is not None
-        rng = random.Random()
+        retry = Backoff(2.0, 30.0, jitter=0.5)
         failures = 0
         counter = metrics.EVENTS_PUSHED.labels(self.driver.name)
         while True:
@@ -437,7 +432,7 @@ class BusRunner:
                 failures += 1
                 if failures == 1:
                     log.exception("event stream of bus %s failed; restarting", self.spec.name)
-                await asyncio.sleep(min(30.0, 2.0 ** failures) * rng.uniform(0.5, 1.0))
+                await asyncio.sleep(retry.delay(failures - 1))
 
     async def _route(self, ev: RawEvent) -> None:
         tracker = self.trackers.get(ev.device_id)

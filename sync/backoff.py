@@ -1,38 +1,11 @@
-"""Pure timing helpers: exponential backoff with full jitter, Retry-After, a token bucket."""
+"""Pure timing helpers of the uplinks: Retry-After and a token bucket (backoff is
+``gateway.backoff.Backoff``)."""
 
 from __future__ import annotations
 
-import math
-import random
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
-
-
-class Backoff:
-    """Exponential backoff with full jitter: the n-th delay is uniform in
-    ``[0, min(max, min * 2**n)]`` (so a fleet reconnecting at once spreads out)."""
-
-    def __init__(
-        self, minimum: float, maximum: float, *, rng: random.Random | None = None
-    ) -> None:
-        if minimum <= 0 or maximum < minimum:
-            raise ValueError("need 0 < minimum <= maximum")
-        self.minimum = minimum
-        self.maximum = maximum
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def cap(self) -> float:
-        return min(self.maximum, self.minimum * math.pow(2, min(self.attempt, 62)))
-
-    def next_delay(self) -> float:
-        delay = self._rng.uniform(0, self.cap())
-        self.attempt += 1
-        return delay
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 def parse_retry_after(value: str | None, *, now: float, maximum: float) -> float | None:

@@ -18,9 +18,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.backoff import Backoff
 from gateway.record import Record
 from sync import metrics
-from sync.backoff import Backoff, TokenBucket
+from sync.backoff import TokenBucket
 from sync.codec import encode_batch
 from sync.config import UplinkConfig
 

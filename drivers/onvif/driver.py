@@ -53,6 +53,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from drivers.onvif import metrics, topics, tracelog, xmlsafe
 from drivers.onvif.discovery import DiscoveryError, ProbeMatch, parse_target, probe, xaddr_host_port
 from drivers.onvif.snapshots import SnapshotError, SnapshotStore
+from gateway.backoff import Backoff
 from gateway.plugin import (
     Bus,
     BusSpec,
@@ -155,7 +156,7 @@ def auth_retry_delay(refusals: int, base: float, cap: float, jitter: float) -> f
     capped at ``cap``, times 0.9..1.0 (``jitter`` in 0..1). With the defaults (30 s, 10 min)
     the attempts fall at 0, 27-30, 81-90, 189-210 and 405-450 s: four in the first five
     minutes, then one every 9-10 minutes."""
-    return min(cap, base * 2.0 ** max(0, refusals - 1)) * (0.9 + 0.1 * min(1.0, max(0.0, jitter)))
+    return Backoff(base, cap, jitter=0.1).delay(refusals - 1, u=1.0 - jitter)
 
 
 class OnvifPointAddress(StrictModel):
@@ -996,7 +997,7 @@ class OnvifBus(Bus):
         return self._event_loop()
 
     async def _event_loop(self) -> AsyncIterator[RawEvent]:
-        backoff = 1.0
+        retry = Backoff(1.0, 30.0, jitter=0.2)  # 1 s doubling to 30 s; the probe cuts it short
         reason = "start"
         while not self._closed:
             if self.device is None or not self._table or not self.events_supported:
@@ -1023,12 +1024,11 @@ class OnvifBus(Bus):
                     log.debug("camera %s: cannot subscribe: %s", self.spec.name, err)
                 self._back.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff * (0.8 + 0.4 * random.random())):
+                    async with asyncio.timeout(retry.next_delay()):
                         await self._back.wait()  # the probe saw it answer: at once
-                backoff = min(backoff * 2, 30.0)
                 reason = "reconnect"
                 continue
-            backoff = 1.0
+            retry.reset()
             if self._failure is not None:
                 self._wake_core()  # reconnected here first: the core polls now
             async for event in self._pull(gen):

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = {"gateway", "gateway.record", "gateway.types", "gateway.classes", "gateway.profiles",
-          "gateway.plugin", "gateway.serialport", "gateway.errors"}
+          "gateway.plugin", "gateway.serialport", "gateway.errors", "gateway.backoff"}
 PRODUCT = ("gateway", "drivers", "buffer", "sync")
 
 
