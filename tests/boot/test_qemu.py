@@ -30,7 +30,7 @@ from tests.boot import qemu
 from tests.boot.nspawn import BUILD_CACHE
 from tests.boot.test_nspawn import BROKEN_CONFIG, buffer_stats, wait_for
 from tests.support.ops_stack import Stack, mqtt_uplink
-from tests.support.ops_systemd import build_bundle, read_manifest
+from tests.support.ops_systemd import build_bundle, clean_clone, read_manifest
 from tests.support.sync_mosquitto import Mosquitto, free_port, have_mosquitto
 
 pytestmark = [
@@ -286,3 +286,58 @@ def test_a_power_cut_reuses_no_sequence_number(env: Env) -> None:
         f"{after['seq_conflicts']} seqs at or below {env.seq_at_cut} (delivered before the "
         f"power cut) were given to other records after it: telemetry committed with "
         f"synchronous=NORMAL was sent upstream, lost with the WAL, and its seqs reissued")
+
+
+def test_upgrade_and_roll_back_on_the_image(env: Env, tmp_path: Path) -> None:
+    """The "Upgrade and roll back" steps of "Flash an edge box": a newer bundle brought on the
+    EDGE-CONFIG partition, installed with its install.sh and kept in
+    /var/lib/edge-image/bundles/; a gateway.toml dropped later is installed with that
+    version; --rollback goes back to the image's version."""
+    src = clean_clone(tmp_path / "newer")
+    with (src / "README.md").open("a") as f:
+        f.write("\nA newer build.\n")
+    new_dir, new_tar = build_bundle(tmp_path / "newer-bundle", source=src)
+    new, old = read_manifest(new_dir), env.manifest
+    assert new["id"] != old["id"]
+    img = qemu.sparse_copy(env.image, env.workdir / "upgrade.img")
+    qemu.fat_put(img, {"upgrade/bundle.tar.gz": new_tar.read_bytes()})
+    site = qemu.fat_list(img)["gateway.toml.example"].decode().replace(
+        'community = "Jifu"', 'community = "Jifu-North"')
+    site = site_config(site, env.mosquitto.port)
+    vm = qemu.Qemu(img, env.workdir, "upgrade", {})
+    t0 = time.monotonic()
+    try:
+        vm.start()
+        vm.login()
+        vm.sh(ACTIVE, timeout=300)
+        _, out = vm.sh(
+            "mount -o ro LABEL=EDGE-CONFIG /mnt && mkdir -p /root/new && "
+            "tar -C /root/new -xzf /mnt/upgrade/bundle.tar.gz; rc=$?; umount /mnt; [ $rc = 0 ] && "
+            "cd /root/new/edge-gateway-* && ./install.sh && "
+            "cp -a /root/new/edge-gateway-* /var/lib/edge-image/bundles/", timeout=900)
+        assert "started edge-gateway.service" in out and "install.sh: error" not in out, out
+        _, cur = vm.sh("readlink /opt/edge-gateway/current /opt/edge-gateway/previous")
+        assert cur.split() == [f"versions/{new['id']}", f"versions/{old['id']}"], cur
+        env.timings["upgrade: install of the newer bundle in the guest"] = time.monotonic() - t0
+        # a laptop drops a site config: applied with the upgraded version's installer
+        site = site.rstrip() + "\n"
+        vm.sh(f"mount LABEL=EDGE-CONFIG /mnt && cat > /mnt/gateway.toml <<'EOF'\n{site}EOF\n"
+              "umount /mnt", timeout=60)
+        vm.sh("systemctl restart edge-config.service", timeout=600)
+        _, out = vm.sh("journalctl --no-pager -o cat -u edge-config.service | tail -5; "
+                       "sha256sum < /etc/edge-gateway/gateway.toml")
+        assert "edge-config: applied" in out and f"(version {new['id']})" in out, out
+        assert _sha(site.encode()) in out, out
+        vm.sh(f"systemctl restart {UNIT}", timeout=300)
+        _, status = vm.sh(f"systemctl show -p StatusText --value {UNIT}; cat /run/edge-config/gateway.env")
+        assert "example configuration" not in status, status
+        # roll back to the image's version
+        _, out = vm.sh(f"bash /var/lib/edge-image/bundles/edge-gateway-{new['id']}-*/install.sh "
+                       "--rollback", timeout=600)
+        assert "install.sh: error" not in out, out
+        _, cur = vm.sh("readlink /opt/edge-gateway/current; " + ACTIVE, timeout=300)
+        assert cur.split()[0] == f"versions/{old['id']}", cur
+        env.timings["upgrade, config drop, roll back (one boot)"] = time.monotonic() - t0
+        vm.poweroff()
+    finally:
+        vm.kill()
