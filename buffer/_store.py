@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from gateway.errors import ReasonError
 from gateway.record import LANE_OF_KIND, LANES, Record, uuid7
 
 from . import metrics as m
@@ -77,12 +78,11 @@ DDL: Final = [
 ]
 
 
-class StoreWriteError(Exception):
+class StoreWriteError(ReasonError):
     """A write failed because of the disk (full, read-only, I/O); ``reason`` is the label."""
 
     def __init__(self, reason: str, exc: BaseException) -> None:
-        super().__init__(f"{reason}: {exc}")
-        self.reason = reason
+        super().__init__(reason, str(exc))
 
 
 def classify_write_error(exc: sqlite3.Error) -> str | None:

@@ -1,5 +1,10 @@
-"""Configuration and profile errors that name the file, the line, the key path, what was
-expected and what was found. Checks collect every error and report them together."""
+"""Errors that carry data.
+
+``ReasonError`` is the shape every runtime error of the product shares: a short, bounded
+``reason`` (a metric label: ``timeout``, ``crc``, ``disk_full``) and a ``detail`` for people.
+Configuration and profile errors (``ConfigIssue``) name the file, the line, the key path,
+what was expected and what was found; checks collect every error and report them together.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
+
+
+class ReasonError(Exception):
+    """An error with a bounded ``reason`` label and a ``detail``; ``str()`` is
+    ``"reason: detail"`` (or the reason alone). Subclasses add their own data as attributes."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from gateway.errors import ReasonError
+
 API_VERSION: tuple[int, int] = (1, 0)
 """(major, minor). A driver declaring another major, or a newer minor, is refused."""
 
@@ -128,14 +130,9 @@ class RawEvent:
     tsd: float | None = None
 
 
-class DriverError(Exception):
+class DriverError(ReasonError):
     """Base of errors a driver raises. ``reason`` is a short, bounded label for metrics
     (e.g. ``timeout``, ``crc``, ``exception_02``); ``detail`` is for the log."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 class DeviceUnavailable(DriverError):

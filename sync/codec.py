@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from gateway.errors import ReasonError
 from gateway.record import Record, envelope
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -127,13 +128,12 @@ def topic(prefix: str, gw: str, leaf: str) -> str:
     return f"{prefix}/{gw}/{leaf}"
 
 
-class CommandError(ValueError):
+class CommandError(ReasonError, ValueError):
     """A command that cannot be handed to the core. ``command_id`` is set when an id could
     be recovered from the payload, so that a ``rejected`` result can be published."""
 
     def __init__(self, reason: str, command_id: str | None = None) -> None:
         super().__init__(reason)
-        self.reason = reason
         self.command_id = command_id
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.backoff import Backoff
+from gateway.errors import ReasonError
 from gateway.record import Record
 from sync import metrics
 from sync.backoff import TokenBucket
@@ -83,13 +84,12 @@ class LinkDown(Exception):
         self.retry_after = retry_after
 
 
-class Rejected(Exception):
+class Rejected(ReasonError):
     """The platform refused the batch's content (dead-lettered) -- or, with ``split``, its
     size (the batch goes back to the buffer and later batches are smaller)."""
 
     def __init__(self, reason: str, *, split: bool = False):
         super().__init__(reason)
-        self.reason = reason
         self.split = split
 
 

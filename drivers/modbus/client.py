@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from drivers.modbus import codec, metrics
 from drivers.modbus.schema import BusOptions
 from gateway import serialport
+from gateway.errors import ReasonError
 
 if TYPE_CHECKING:  # pymodbus is imported when the first Modbus bus opens, not at load
     from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -47,14 +48,12 @@ if _PYMODBUS_LOG.level == logging.NOTSET:
 _LIBRARY_CEILING = 600.0
 
 
-class LinkError(Exception):
+class LinkError(ReasonError):
     """A request got no usable answer. ``reason`` is a bounded label; ``answered`` tells
     whether the device sent anything at all (a corrupt answer still proves it is alive)."""
 
     def __init__(self, reason: str, detail: str = "", *, answered: bool = False) -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail)
         self.answered = answered
 
 

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from gateway.errors import ReasonError
 from gateway.plugin import float32_value
 
 TABLES = ("coil", "discrete", "input", "holding")
@@ -76,13 +77,8 @@ EXCEPTION_NAMES: dict[int, str] = {
 }
 
 
-class CodecError(ValueError):
+class CodecError(ReasonError, ValueError):
     """A value cannot be decoded or encoded. ``reason`` is a bounded metric label."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 class MalformedFrame(CodecError):

@@ -54,6 +54,7 @@ from drivers.onvif import metrics, topics, tracelog, xmlsafe
 from drivers.onvif.discovery import DiscoveryError, ProbeMatch, parse_target, probe, xaddr_host_port
 from drivers.onvif.snapshots import SnapshotError, SnapshotStore
 from gateway.backoff import Backoff
+from gateway.errors import ReasonError
 from gateway.plugin import (
     Bus,
     BusSpec,
@@ -342,13 +343,8 @@ class Identity:
         }
 
 
-class PullFault(Exception):
+class PullFault(ReasonError):
     """A PullMessages fault or HTTP error; ``reason`` is a bounded label."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 def parse_pull_response(status: int, content: bytes) -> list[topics.Notification]:

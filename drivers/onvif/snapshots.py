@@ -16,16 +16,14 @@ import time
 from pathlib import Path
 
 from drivers.onvif import metrics
+from gateway.errors import ReasonError
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 REF_PREFIX = "local:"
 
 
-class SnapshotError(ValueError):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class SnapshotError(ReasonError, ValueError):
+    """A snapshot could not be fetched or stored. ``reason`` is a bounded metric label."""
 
 
 def is_jpeg(data: bytes) -> bool:

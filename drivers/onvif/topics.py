@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from drivers.onvif import xmlsafe
+from gateway.errors import ReasonError
 
 if TYPE_CHECKING:
     from lxml import etree
@@ -36,13 +37,8 @@ TRUE_WORDS = frozenset({"true", "1", "on", "yes", "active"})
 FALSE_WORDS = frozenset({"false", "0", "off", "no", "inactive"})
 
 
-class TopicParseError(ValueError):
+class TopicParseError(ReasonError, ValueError):
     """A notification cannot be understood. ``reason`` is a bounded metric label."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
+from gateway.errors import ReasonError
 
-class CodecError(ValueError):
+
+class CodecError(ReasonError, ValueError):
     """A frame or value cannot be encoded or decoded. ``reason`` is a short metric label."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 class FrameError(CodecError):

@@ -22,6 +22,7 @@ import serial_asyncio_fast
 
 from drivers.serial import metrics
 from gateway import serialport
+from gateway.errors import ReasonError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -31,15 +32,13 @@ PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY
 STOPBITS = {1: serial.STOPBITS_ONE, 1.5: serial.STOPBITS_ONE_POINT_FIVE, 2: serial.STOPBITS_TWO}
 
 
-class LinkError(Exception):
+class LinkError(ReasonError):
     """The exchange failed. ``reason``: ``timeout`` (silent), ``incomplete`` (bytes but no
     valid reply), ``port`` (the port or TCP connection is unusable)."""
 
     def __init__(self, reason: str, detail: str = "", received: int = 0,
                  problem: serialport.PortProblem | None = None) -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail)
         self.received = received
         self.problem = problem  # why the port did not open (reason ``port`` only)
 
