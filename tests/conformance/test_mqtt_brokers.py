@@ -402,7 +402,9 @@ async def test_last_will_on_a_cut_link_and_the_retained_status(
             # amqtt sends a late subscriber the same retained message twice (once for the
             # other clients' matching filters at connect, once for its own subscription)
             exact = distinct(await retained_status(broker.host, broker.subscriber_port, obs.topic("status")))
-            assert [d["status"] for d in exact] == ["offline"]
+            # (under load amqtt may hand out two copies that differ: what counts is that every
+            # retained status the platform can get now is the will)
+            assert exact and {d["status"] for d in exact} == {"offline"}, exact
             wild = await retained_status(broker.host, broker.subscriber_port, f"{PREFIX}/+/status")
             mine = distinct([d for d in wild if d.get("gw") == gw])
             assert mine == ([] if broker.name == "rabbitmq" else exact)

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from gateway import sdnotify
 from gateway.sdnotify import Watchdog
+from tests.support.waiting import wait_for
 
 
 class NotifyServer:
@@ -61,15 +62,6 @@ def server() -> Iterator[tuple[NotifyServer, dict[str, str]]]:
             srv.close()
 
 
-def wait_for(cond: object, timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(cond) and cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not met in time")
-
-
 def test_notify_messages(server: tuple[NotifyServer, dict[str, str]]) -> None:
     srv, env = server
     assert sdnotify.ready("up: 3 buses, 12 devices", environ=env)
@@ -77,7 +69,7 @@ def test_notify_messages(server: tuple[NotifyServer, dict[str, str]]) -> None:
     assert sdnotify.extend_timeout(30, environ=env)
     assert sdnotify.reloading(environ=env)
     assert sdnotify.stopping(environ=env)
-    wait_for(lambda: len(srv.messages) == 5)
+    wait_for(lambda: len(srv.messages) == 5, 2.0, step=0.01)
     msgs = [m for _, m in srv.messages]
     assert msgs[0] == f"READY=1\nMAINPID={os.getpid()}\nSTATUS=up: 3 buses, 12 devices"
     assert msgs[1] == "STATUS=draining backlog 12 records"  # one line: no field injection
@@ -90,7 +82,7 @@ def test_abstract_namespace_socket() -> None:
     srv = NotifyServer(b"\0" + name.encode())
     try:
         assert sdnotify.notify(environ={"NOTIFY_SOCKET": "@" + name}, READY=1)
-        wait_for(lambda: srv.messages)
+        wait_for(lambda: srv.messages, 2.0, step=0.01)
         assert srv.messages[0][1] == "READY=1"
     finally:
         srv.close()

@@ -14,7 +14,6 @@ platform's latest record of every point is ``good`` again, stamped at the recove
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 from tests.support.core_daemon import Daemon, free_port
 from tests.support.ops_stack import HWSIM, Stack, daemon_env, gateway_config, http_json, mqtt_uplink
 from tests.support.sync_mosquitto import Mosquitto, have_mosquitto
+from tests.support.waiting import wait_for
 
 pytestmark = [
     pytest.mark.mosquitto,
@@ -58,15 +58,6 @@ def _post(url: str, body: Any) -> Any:
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=5) as resp:
         return json.loads(resp.read() or b"null")
-
-
-def _wait(what: str, cond: Callable[[], bool], timeout: float, detail: Callable[[], object] = lambda: "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not within {timeout:g}s: {detail()}")
 
 
 class Site:
@@ -163,31 +154,34 @@ def _latest(platform: str) -> dict[str, dict[str, Any]]:
 def test_every_point_is_good_again_at_the_platform_after_an_outage(site: tuple[Daemon, Site, str]) -> None:
     d, s, platform = site
     devices = sorted(s.cut)
-    _wait("every device online", lambda: all(_states(d).get(x) == "online" for x in devices), 30, lambda: _states(d))
+    wait_for(lambda: all(_states(d).get(x) == "online" for x in devices), 30, "every device online",
+             detail=lambda: _states(d))
     # every point of every device has reached the platform, good
-    _wait("first values at the platform",
-          lambda: all(len(_latest(platform).get(x, {})) >= 2 for x in devices), 20, lambda: _latest(platform))
+    wait_for(lambda: all(len(_latest(platform).get(x, {})) >= 2 for x in devices), 20,
+             "first values at the platform", detail=lambda: _latest(platform))
     before = _latest(platform)
     for dev in devices:
         s.cut[dev](True)
-    _wait("every device offline", lambda: all(_states(d).get(x) == "offline" for x in devices), 30, lambda: _states(d))
+    wait_for(lambda: all(_states(d).get(x) == "offline" for x in devices), 30, "every device offline",
+             detail=lambda: _states(d))
 
     def bad_everywhere() -> bool:
         now = _latest(platform)
         return all(now.get(x, {}).get("status", {}).get("v") == "offline" for x in devices) and all(
             rec["q"] in ("bad", "stale") for x in devices for pt, rec in now[x].items() if pt != "status")
 
-    _wait("the platform shows the outage", bad_everywhere, 15, lambda: _latest(platform))
+    wait_for(bad_everywhere, 15, "the platform shows the outage", detail=lambda: _latest(platform))
     outage = _latest(platform)
     for dev in devices:
         s.cut[dev](False)
-    _wait("every device back online", lambda: all(_states(d).get(x) == "online" for x in devices), 40, lambda: _states(d))
+    wait_for(lambda: all(_states(d).get(x) == "online" for x in devices), 40, "every device back online",
+             detail=lambda: _states(d))
 
     def good_everywhere() -> bool:
         now = _latest(platform)
         return all(rec["q"] == "good" for x in devices for pt, rec in now.get(x, {}).items() if pt != "status")
 
-    _wait("every point good again at the platform", good_everywhere, 15, lambda: {
+    wait_for(good_everywhere, 15, "every point good again at the platform", detail=lambda: {
         x: {pt: r for pt, r in _latest(platform).get(x, {}).items() if r["q"] != "good"} for x in devices})
     after = _latest(platform)
     first_seq = min(rec["seq"] for x in devices for rec in outage[x].values())

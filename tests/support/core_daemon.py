@@ -14,6 +14,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.support.waiting import wait_for
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -114,14 +116,8 @@ class Daemon:
         self._logf.close()
 
     def wait_for(self, predicate: Any, timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = predicate()
-            if last:
-                return last
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}; last={last!r}\n{self.log_text()}")
+        """``tests.support.waiting.wait_for`` with this daemon's log in the failure."""
+        return wait_for(predicate, timeout, what, step=0.2, log=self.log_text)
 
 
 def config_head(

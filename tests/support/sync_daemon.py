@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.core_daemon import Daemon, example_config
+from tests.support.waiting import wait_until  # noqa: F401  (re-exported for the sync tests)
 
 GW = "cd-wh-jifu-gw01"  # the example config's gateway id
 API_TOKEN = "sync-tests-api-token"
@@ -189,22 +188,6 @@ def sample(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: 
     if key not in metrics:
         raise AssertionError(f"metric {name}{labels} not exported")
     return metrics[key]
-
-
-async def wait_until(
-    pred: Callable[[], Awaitable[Any]], timeout: float, what: str, *, step: float = 0.2,
-    log: Callable[[], str] | None = None,
-) -> Any:
-    """Poll the async predicate until it returns something truthy (returned)."""
-    end = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < end:
-        last = await pred()
-        if last:
-            return last
-        await asyncio.sleep(step)
-    tail = f"\n--- daemon log ---\n{log()}" if log is not None else ""
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}{tail}")
 
 
 def buffer_unacked(db: Path, uplink: str) -> tuple[int, set[int], dict[int, str]]:

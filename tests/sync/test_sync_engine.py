@@ -4,7 +4,6 @@ claim economy during a drain, and acknowledgements written in the background."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from hwsim.platform import PlatformSim
 from sync import create_uplink, uplink_schema
 from tests.support.sync_community import make_records
 from tests.support.sync_fake_buffer import FakeBatch, FakeBuffer
+from tests.support.waiting import wait_until
 
 GW = "gw-engine"
 
@@ -38,14 +38,6 @@ class CountingBuffer(FakeBuffer):
         if max_seq is not None:
             self.backlog_claims += 1
         return await super().claim(uplink, max_records=max_records, lanes=lanes, min_seq=min_seq, max_seq=max_seq)
-
-
-async def wait_until(pred: Any, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_drain_does_not_ask_for_live_records_that_cannot_exist(tmp_path: Path) -> None:

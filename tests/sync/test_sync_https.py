@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from prometheus_client import REGISTRY
 from buffer import Buffer
 from sync import create_uplink, uplink_schema
 from tests.support.sync_community import make_records, produce
+from tests.support.waiting import wait_until
 
 GW = "gw-http"
 
@@ -24,14 +24,6 @@ def cfg(url: str, name: str, **kw: Any) -> Any:
             "batch_max_records": 100, "window": 4, "backlog_rate": 0, "timeout": 5}
     base.update(kw)
     return uplink_schema("https").model_validate(base)
-
-
-async def wait_until(pred: Any, timeout: float, step: float = 0.05) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(step)
 
 
 def metric(name: str, **labels: str) -> float:

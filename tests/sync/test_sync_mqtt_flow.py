@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import zlib
 from typing import Any
 
@@ -18,6 +17,7 @@ from sync.mqtt import MqttUplink
 from tests.support.sync_community import make_records
 from tests.support.sync_fake_buffer import FakeBuffer
 from tests.support.sync_mosquitto import Mosquitto
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.mosquitto
 
@@ -29,14 +29,6 @@ def mqtt_config(broker: Mosquitto, **kw: Any) -> Any:
             "reconnect_min": 0.05, "reconnect_max": 0.5, "batch_linger": 0.005}
     base.update(kw)
     return uplink_schema("mqtt").model_validate(base)
-
-
-async def wait_until(pred: Any, timeout: float, step: float = 0.05) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(step)
 
 
 async def test_normal_flow_every_record_once_in_lane_order(broker: Mosquitto, platform: PlatformSim) -> None:

@@ -20,6 +20,7 @@ from buffer import Buffer
 from sync import create_uplink, uplink_schema
 from tests.support.sync_community import produce
 from tests.support.sync_mosquitto import Mosquitto
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.mosquitto
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,14 +33,6 @@ def cfg(url: str, **kw: Any) -> Any:
             "batch_max_records": 200, "window": 8, "backlog_rate": 3000}
     base.update(kw)
     return uplink_schema("mqtt").model_validate(base)
-
-
-async def wait_until(pred: Any, timeout: float, step: float = 0.1) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(step)
 
 
 def summary(platform: PlatformSim) -> dict[str, Any]:

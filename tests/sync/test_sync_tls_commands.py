@@ -18,16 +18,9 @@ from sync import create_uplink, uplink_schema
 from tests.support.sync_certs import Pki
 from tests.support.sync_community import make_records
 from tests.support.sync_mosquitto import BrokerTls, Mosquitto, have_mosquitto
+from tests.support.waiting import wait_until
 
 GW = "gw-tls"
-
-
-async def wait_until(pred: Any, timeout: float, step: float = 0.05) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(step)
 
 
 def mqtt_cfg(url: str, name: str, **kw: Any) -> Any:

@@ -24,6 +24,7 @@ from tests.support.onvif_helpers import (
     metric_value,
     start_gateway,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -39,18 +40,6 @@ def cleanup() -> Iterator[list[Any]]:
             t.close()
         else:
             t.stop()
-
-
-def wait_for(pred: Any, timeout: float, what: str, log: Any = None, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(step)
-    tail = f"\n--- daemon log ---\n{log()}" if log is not None else ""
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}{tail}")
 
 
 def state_is(daemon: Any, dev: str, state: str) -> Any:
@@ -74,9 +63,9 @@ def test_camera_without_events_service(tmp_path: Path, cleanup: list[Any]) -> No
     cleanup.append(sim)
     d = start_gateway(tmp_path, camera_device("cam-noev", sim.port("noev"), password='"pw"', poll="2s"))
     cleanup.append(d)
-    wait_for(state_is(d, "cam-noev", "online"), 15, "camera online", d.log_text)
+    wait_for(state_is(d, "cam-noev", "online"), 15, "camera online", log=d.log_text)
     wait_for(lambda: metric_value(d, "edge_gw_onvif_events_supported", bus="cam-noev") == 0.0, 10,
-             "events_supported metric 0", d.log_text)
+             "events_supported metric 0", log=d.log_text)
     dev = device_state(d, "cam-noev")
     assert dev.get("notes", {}).get("events", "").startswith("unsupported"), dev
     time.sleep(6)  # several polls and what would have been several subscription retries
@@ -105,7 +94,7 @@ def test_wrong_password_backs_off_then_fixed_file_recovers_without_reload(tmp_pa
     d = start_gateway(tmp_path, camera_device("cam-lock", sim.port("lock"), password=f'{{ file = "{pw}" }}'))
     cleanup.append(d)
     started = time.monotonic()
-    dev = wait_for(state_is(d, "cam-lock", "offline"), 15, "camera offline", d.log_text)
+    dev = wait_for(state_is(d, "cam-lock", "offline"), 15, "camera offline", log=d.log_text)
     assert dev["last_error"] == "auth"
     # 12 s of a wrong password: the default backoff (30 s, doubling, capped at 10 min)
     # allows one login attempt here; the old loop made about 18 in 50 s
@@ -120,7 +109,7 @@ def test_wrong_password_backs_off_then_fixed_file_recovers_without_reload(tmp_pa
     # fix the credential file; no SIGHUP
     pw.write_text("right-pw\n")
     fixed = time.monotonic()
-    wait_for(state_is(d, "cam-lock", "online"), 10, "online within 10 s of the fixed file", d.log_text, step=0.05)
+    wait_for(state_is(d, "cam-lock", "online"), 10, "online within 10 s of the fixed file", log=d.log_text, step=0.05)
     print(f"credential file fixed: online {time.monotonic() - fixed:.2f} s later, no SIGHUP")
     assert time.monotonic() - fixed <= 10
     st = sim.status("lock")
@@ -137,7 +126,7 @@ def test_auth_backoff_schedule_accelerated(tmp_path: Path, cleanup: list[Any]) -
     )
     cleanup.append(d)
     t0 = time.monotonic()
-    wait_for(lambda: sim.status("c")["refused_logins"] >= 1, 10, "a first refused login", d.log_text, step=0.02)
+    wait_for(lambda: sim.status("c")["refused_logins"] >= 1, 10, "a first refused login", log=d.log_text, step=0.02)
     first = time.monotonic()
     time.sleep(max(0.0, 5.0 - (time.monotonic() - first)))
     n = sim.status("c")["refused_logins"]
@@ -163,12 +152,12 @@ def test_reload_retries_an_auth_failure_at_once(tmp_path: Path, cleanup: list[An
     cleanup.append(sim)
     d = start_gateway(tmp_path, camera_device("cam-r", sim.port("c"), password='"new"'))
     cleanup.append(d)
-    wait_for(state_is(d, "cam-r", "offline"), 15, "camera offline", d.log_text)
+    wait_for(state_is(d, "cam-r", "offline"), 15, "camera offline", log=d.log_text)
     time.sleep(3)
     sim.post("c", "password", {"password": "new"})  # the installer fixed the camera instead
     d.signal(signal.SIGHUP)
     t = time.monotonic()
-    wait_for(state_is(d, "cam-r", "online"), 5, "online within 5 s of the reload", d.log_text, step=0.05)
+    wait_for(state_is(d, "cam-r", "online"), 5, "online within 5 s of the reload", log=d.log_text, step=0.05)
     print(f"reload: online {time.monotonic() - t:.2f} s after SIGHUP")
     assert time.monotonic() - t <= 5
 
@@ -185,12 +174,12 @@ def test_basic_only_snapshot_is_answered(tmp_path: Path, cleanup: list[Any]) -> 
         camera_device("cam-basic", sim.port("b"), password='"pw"', extra=f'snapshots = {{ dir = "{snaps}" }}, pull_timeout = "1s"'),
     )
     cleanup.append(d)
-    wait_for(state_is(d, "cam-basic", "online"), 15, "camera online", d.log_text)
-    wait_for(lambda: sim.status("b")["subscriptions"] >= 1, 15, "a subscription", d.log_text)
+    wait_for(state_is(d, "cam-basic", "online"), 15, "camera online", log=d.log_text)
+    wait_for(lambda: sim.status("b")["subscriptions"] >= 1, 15, "a subscription", log=d.log_text)
     sim.post("b", "event", {"topic": THROW, "data": {"IsThrown": "true"}, "source": {"Rule": "r1"}})
     wait_for(lambda: (metric_value(d, "edge_gw_onvif_snapshots_total", bus="cam-basic", result="stored") or 0) >= 1
              or (metric_value(d, "edge_gw_onvif_snapshots_total", bus="cam-basic", result="auth") or 0) >= 1,
-             15, "a snapshot outcome", d.log_text)
+             15, "a snapshot outcome", log=d.log_text)
     assert metric_value(d, "edge_gw_onvif_snapshots_total", bus="cam-basic", result="stored") == 1.0, d.log_text()
     files = list((snaps / "cam-basic").glob("*.jpg"))
     assert len(files) == 1 and files[0].read_bytes()[:2] == b"\xff\xd8"
@@ -209,15 +198,15 @@ def test_camera_back_online_within_a_probe_interval(tmp_path: Path, cleanup: lis
     cleanup.append(sim)
     d = start_gateway(tmp_path, camera_device("cam-back", sim.port("c"), password='"pw"'))  # default poll 10 s
     cleanup.append(d)
-    wait_for(state_is(d, "cam-back", "online"), 15, "camera online", d.log_text)
+    wait_for(state_is(d, "cam-back", "online"), 15, "camera online", log=d.log_text)
     sim.post("c", "power", {"on": False})
-    wait_for(state_is(d, "cam-back", "offline"), 15, "camera offline", d.log_text)
+    wait_for(state_is(d, "cam-back", "offline"), 15, "camera offline", log=d.log_text)
     # come back just after the poll that follows the first failed one (the worst moment
     # for a backoff schedule on the poll grid)
     time.sleep(11)
     sim.post("c", "power", {"on": True})
     on = time.monotonic()
-    wait_for(state_is(d, "cam-back", "online"), 30, "camera online again", d.log_text, step=0.05)
+    wait_for(state_is(d, "cam-back", "online"), 30, "camera online again", log=d.log_text, step=0.05)
     took = time.monotonic() - on - boot
     print(f"{personality}: online {took:.2f} s after the camera answered again")
     assert took <= 5.0, f"online {took:.1f} s after the camera answered again"
@@ -242,7 +231,7 @@ def test_failure_reasons_carry_their_detail_at_info(tmp_path: Path, cleanup: lis
     d = start_gateway(tmp_path, body)
     cleanup.append(d)
     for dev in ("cam-auth", "cam-slow", "cam-dead"):
-        wait_for(state_is(d, dev, "offline"), 20, f"{dev} offline", d.log_text)
+        wait_for(state_is(d, dev, "offline"), 20, f"{dev} offline", log=d.log_text)
 
     def said(dev: str, *words: str) -> bool:
         return any(
@@ -250,9 +239,9 @@ def test_failure_reasons_carry_their_detail_at_info(tmp_path: Path, cleanup: lis
             for ln in log_lines(d)
         )
 
-    wait_for(lambda: said("cam-auth", "auth", "NotAuthorized"), 5, "auth reason with the fault code", d.log_text)
-    wait_for(lambda: said("cam-slow", "timeout", "1 s"), 5, "timeout reason with the time", d.log_text)
-    wait_for(lambda: said("cam-dead", "refused", str(dead)), 5, "refused with the address", d.log_text)
+    wait_for(lambda: said("cam-auth", "auth", "NotAuthorized"), 5, "auth reason with the fault code", log=d.log_text)
+    wait_for(lambda: said("cam-slow", "timeout", "1 s"), 5, "timeout reason with the time", log=d.log_text)
+    wait_for(lambda: said("cam-dead", "refused", str(dead)), 5, "refused with the address", log=d.log_text)
     notes = device_state(d, "cam-auth").get("notes", {})
     assert "NotAuthorized" in notes.get("error", ""), notes
 
@@ -271,7 +260,7 @@ def test_debug_log_has_no_tokens_and_no_envelopes(tmp_path: Path, cleanup: list[
     (tmp_path / "a").mkdir()
     d = start_gateway(tmp_path / "a", body, env={"EDGE_GW_LOG_LEVEL": "debug"})
     cleanup.append(d)
-    wait_for(lambda: sim.status("c")["subscriptions"] >= 1, 15, "a subscription", d.log_text)
+    wait_for(lambda: sim.status("c")["subscriptions"] >= 1, 15, "a subscription", log=d.log_text)
     before = len(log_lines(d))
     t0 = time.monotonic()
     time.sleep(10)
@@ -289,7 +278,7 @@ def test_debug_log_has_no_tokens_and_no_envelopes(tmp_path: Path, cleanup: list[
     (tmp_path / "b").mkdir()
     d2 = start_gateway(tmp_path / "b", body, env={"EDGE_GW_LOG_LEVEL": "debug", "EDGE_GW_ONVIF_TRACE": "1"})
     cleanup.append(d2)
-    wait_for(state_is(d2, "cam-dbg", "online"), 15, "camera online", d2.log_text)
+    wait_for(state_is(d2, "cam-dbg", "online"), 15, "camera online", log=d2.log_text)
     time.sleep(2)
     d2.stop()
     text = d2.log.read_text(errors="replace")
