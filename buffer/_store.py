@@ -199,6 +199,9 @@ class Store:
         self.now = now
         self.conn: sqlite3.Connection | None = None
         self.last_seq = 0
+        # the highest seq known to be on disk (fsynced): only records up to it leave the box,
+        # so a power cut that rolls back unsynced telemetry never re-issues a delivered seq
+        self.durable_seq = 0
         self.lease = 0
         self.count = dict.fromkeys(LANES, 0)
         self.nbytes = dict.fromkeys(LANES, 0)
@@ -539,6 +542,8 @@ class Store:
             seq += 1
             rec.seq = seq
         self.last_seq = last
+        if full:
+            self.durable_seq = last  # FULL: the WAL, earlier frames included, is on disk
         self._account_insert(rows)
         m.COMMIT_DURATION.observe(time.perf_counter() - t0)
         m.COMMIT_RECORDS.observe(len(records))
@@ -551,6 +556,25 @@ class Store:
                 c.execute("ROLLBACK")
 
     # ------------------------------------------------------------------ claiming
+
+    def make_durable(self) -> None:
+        """fsync the WAL when it holds commits made with synchronous=NORMAL (telemetry), so
+        that nothing is handed to an uplink that a power cut could still take back (and
+        whose seq would then be given to another record). One fsync per claim at most, and
+        none while the uplinks only drain what is already on disk."""
+        if self.durable_seq >= self.last_seq:
+            return
+        upto = self.last_seq
+        try:
+            fd = os.open(self.path + "-wal", os.O_RDONLY)
+        except FileNotFoundError:  # checkpointed and truncated away: the database file has it
+            fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        m.WAL_SYNCS.inc()
+        self.durable_seq = upto
 
     def claimable(self, uplink: str) -> int:
         up = self.ups[uplink]
@@ -566,6 +590,7 @@ class Store:
     ) -> Batch | None:
         up = self.ups[uplink]
         c = self._c()
+        self.make_durable()
         need = max_records
         spans: list[Span] = []
         records: list[Record] = []

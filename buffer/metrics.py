@@ -34,6 +34,10 @@ USED_BYTES = Gauge(
 )
 BUDGET_BYTES = Gauge("edge_gw_buffer_budget_bytes", "Configured disk budget (0 = none)")
 LAST_SEQ = Gauge("edge_gw_buffer_last_seq", "Highest seq committed")
+WAL_SYNCS = Counter(
+    "edge_gw_buffer_wal_syncs_total",
+    "fsyncs of the WAL before telemetry committed without one was handed to an uplink",
+)
 APPENDED = Counter(
     "edge_gw_buffer_appended_records_total", "Records committed to the buffer, by lane", ["lane"]
 )

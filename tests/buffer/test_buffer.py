@@ -336,3 +336,32 @@ async def test_batch_type(tmp_path: Path) -> None:
         b = await buf.claim("default", max_records=1)
         assert isinstance(b, Batch) and b.uplink == "default" and len(b.batch_id) == 36
         await buf.ack(b)
+
+
+async def test_telemetry_is_on_disk_before_an_uplink_gets_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Telemetry commits without an fsync; a claim fsyncs the WAL first, so a power cut can
+    never take back (and re-issue the seq of) a record the platform already has."""
+    path = str(tmp_path / "b.db")
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    before = metric("edge_gw_buffer_wal_syncs_total")
+    async with Buffer(path, gw=GW, uplinks=("city",)) as buf:
+        await buf.append([tel(1.0), tel(2.0)])
+        synced.clear()
+        b = await buf.claim("city", max_records=10)
+        assert b is not None and [r.seq for r in b.records] == [1, 2]
+        assert synced == [path + "-wal"]
+        await buf.ack(b)
+        # nothing new: no fsync for a claim that finds nothing, nor for events (FULL commits)
+        assert await buf.claim("city", max_records=10) is None
+        await buf.append([event()])
+        b = await buf.claim("city", max_records=10)
+        assert b is not None and [r.seq for r in b.records] == [3]
+        assert synced == [path + "-wal"]
+    assert metric("edge_gw_buffer_wal_syncs_total") == before + 1
