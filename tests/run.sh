@@ -2,8 +2,13 @@
 # Set up everything the test suite needs on a fresh Debian machine and run it.
 #   bash tests/run.sh            # the whole suite (what CI runs)
 #   bash tests/run.sh tests/core # any pytest arguments
+#   bash tests/run.sh --boot     # the whole suite and the machine boot of the disk image under
+#                                # qemu (opt-in: about 5 more minutes; tests/boot/test_qemu.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+BOOT=0
+if [ "${1:-}" = "--boot" ]; then BOOT=1; shift; export EDGE_GW_BOOT_QEMU=1; fi
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
@@ -18,6 +23,13 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 # the boot test: a Debian root built with mmdebstrap, booted with systemd-nspawn
 command -v mmdebstrap >/dev/null 2>&1 || need_apt+=(mmdebstrap)
 command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
+if [ "$BOOT" = 1 ]; then  # the disk image and its qemu boot
+  command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)
+  command -v sfdisk >/dev/null 2>&1 || need_apt+=(fdisk)
+  command -v mkfs.vfat >/dev/null 2>&1 || need_apt+=(dosfstools)
+  command -v mcopy >/dev/null 2>&1 || need_apt+=(mtools)
+  [ -e /usr/lib/syslinux/mbr/mbr.bin ] || need_apt+=(syslinux syslinux-common)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} (apt-get)"
   $SUDO apt-get update -qq
