@@ -111,7 +111,7 @@ class PrivacyRule(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> PrivacyRule:
-        if not _FIELD_RE.match(self.field):
+        if not _FIELD_RE.fullmatch(self.field):
             raise ValueError(
                 f"field {self.field!r}: expected 'v', 'record' or 'attrs.<key>' "
                 "(nested keys separated by dots)"

@@ -366,6 +366,7 @@ def test_key_from_systemd_credential(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ({"rules": [{"field": "attrs.x", "action": "explode"}]}, "action"),
         ({"rules": [{"field": "value", "action": "drop"}]}, "expected 'v', 'record'"),
         ({"rules": [{"field": "attrs.", "action": "drop"}]}, "expected 'v', 'record'"),
+        ({"rules": [{"field": "v\n", "action": "drop"}]}, "expected 'v', 'record'"),  # "$" allowed it
         ({"rules": [{"field": "record", "action": "hmac"}]}, "field 'record' takes"),
         ({"rules": [{"field": "attrs.x", "action": "aggregate"}]}, "needs field = 'record'"),
         ({"rules": [{"field": "v", "action": "drop", "mask": "plate"}]}, "only applies"),

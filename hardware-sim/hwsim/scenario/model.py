@@ -329,7 +329,7 @@ def expand(
             line_no = None if b is None else (b - 1) // sc.buildings_per_line + 1
             fmt = {"building": b or 0, "n": n, "i": i, "line": line_no or 0}
             dev_id = g.id.format(**fmt)
-            if not _ID.match(dev_id):
+            if not _ID.fullmatch(dev_id):
                 raise ScenarioError(sc.source, [f"group {g.name!r}: device id {dev_id!r} is not valid"])
             if dev_id in seen:
                 raise ScenarioError(sc.source, [f"device id {dev_id!r} of group {g.name!r} repeats one of group {seen[dev_id]!r}"])

@@ -11,7 +11,7 @@ _BARE = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def _key(k: str) -> str:
-    return k if _BARE.match(k) else _str(k)
+    return k if _BARE.fullmatch(k) else _str(k)  # fullmatch: "$" would allow a final newline
 
 
 def _str(s: str) -> str:
