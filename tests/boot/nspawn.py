@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ops_systemd import apt_install_or_skip
+
 BUILD_CACHE = Path(os.environ.get("EDGE_BUILD_CACHE", "/tmp/edge-build"))
 SUITE = "bookworm"
 VARIANT = "minbase"
@@ -46,20 +48,7 @@ def require_tools() -> list[str]:
     if os.geteuid() != 0:
         pytest.skip("the boot test needs root (systemd-nspawn, mmdebstrap)")
     missing = sorted({pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None})
-    if not missing:
-        return []
-    if shutil.which("apt-get") is None:
-        pytest.skip(f"{missing} missing and no apt-get to install them")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"],
-                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            pytest.skip(f"apt-get install {' '.join(missing)} failed: {proc.stderr[-300:]}")
-    still = [t for t in TOOLS if shutil.which(t) is None]
-    if still:
-        pytest.skip(f"{still} still missing after apt-get install {' '.join(missing)}")
-    return missing
+    return apt_install_or_skip(missing, list(TOOLS))
 
 
 def host_mirror(suite: str = SUITE) -> str:

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.boot.nspawn import BUILD_CACHE, host_mirror, mirror_reachable
+from tests.support.ops_systemd import apt_install_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_DIR = REPO / "systemd/image"
@@ -53,20 +54,7 @@ def require_tools() -> list[str]:
     missing = sorted({pkg for tool, pkg in TOOLS.items() if shutil.which(tool) is None}
                      | ({"syslinux-common"} if not Path("/usr/lib/syslinux/mbr/mbr.bin").is_file()
                         else set()))
-    if not missing:
-        return []
-    if shutil.which("apt-get") is None:
-        pytest.skip(f"{missing} missing and no apt-get to install them")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"],
-                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        if proc.returncode != 0:
-            pytest.skip(f"apt-get install {' '.join(missing)} failed: {proc.stderr[-300:]}")
-    still = [t for t in TOOLS if shutil.which(t) is None]
-    if still:
-        pytest.skip(f"{still} still missing after apt-get install {' '.join(missing)}")
-    return missing
+    return apt_install_or_skip(missing, list(TOOLS), timeout=900)
 
 
 def password_hash(password: str) -> str:

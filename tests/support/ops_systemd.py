@@ -17,23 +17,29 @@ PREFIX = "/opt/edge-gateway"
 TOOLS = ("systemd-analyze", "systemd-sysusers", "systemd-tmpfiles", "systemctl")
 
 
+def apt_install_or_skip(packages: list[str], tools: list[str], *, timeout: float = 600) -> list[str]:
+    """Install the Debian ``packages`` (root, apt-get) so that ``tools`` are on PATH; skip
+    with the reason when that is impossible. Returns the packages installed."""
+    if not packages:
+        return []
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip(f"{packages} missing and cannot be installed (need root + apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"],
+                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            pytest.skip(f"apt-get install {' '.join(packages)} failed: {proc.stderr.strip()[-300:]}")
+    still = [t for t in tools if shutil.which(t) is None]
+    if still:
+        pytest.skip(f"{still} still missing after apt-get install {' '.join(packages)}")
+    return packages
+
+
 def require_systemd_tools() -> None:
     """Install systemd's tools when missing (Debian, root); skip with the reason if impossible."""
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if not missing:
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.skip(
-            f"systemd tools {missing} missing and cannot be installed (need root + apt-get)"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "systemd"]):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            pytest.skip(f"installing systemd failed: {proc.stderr.strip()[-300:]}")
-    missing = [t for t in TOOLS if shutil.which(t) is None]
-    if missing:
-        pytest.skip(f"systemd tools {missing} still missing after apt-get install systemd")
+    if any(shutil.which(t) is None for t in TOOLS):
+        apt_install_or_skip(["systemd"], list(TOOLS), timeout=300)
 
 
 def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
